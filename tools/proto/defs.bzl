@@ -96,6 +96,7 @@ def py_proto_library(name, srcs, deps = [], grpc = False, visibility = None, **k
         srcs = srcs,
         deps = [dep + "_gen" for dep in deps],
         grpc = grpc,
+        visibility = visibility,
     )
     native.filegroup(
         name = name + "_descriptor_set",

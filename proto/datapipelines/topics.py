@@ -1,0 +1,173 @@
+"""Every Kafka topic of the project, declared once: name, key, message type, layout, retention.
+
+Nothing else spells a topic name. Producers and consumers look topics up here
+(`topics.IOT_AGGREGATES.name`), the broker bootstrap creates them from `ALL`, and the record
+codec (`datapipelines.records`) checks payloads against `message_type`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from google.protobuf.message import Message
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+# Wire formats of record values.
+PROTOBUF = "protobuf"
+DEBEZIUM_JSON = "debezium-json"  # written by Kafka Connect, not by our producers
+RAW = "raw"  # dead letters: the original bytes, whatever they were
+
+
+@dataclass(frozen=True)
+class Topic:
+    """One topic's contract."""
+
+    name: str
+    description: str
+    value_format: str
+    # Full protobuf name of the value (PROTOBUF topics only), e.g. "datapipelines.iot.v1.ReadingAggregate".
+    message_type: str | None
+    # Python module that defines `message_type`.
+    module: str | None
+    # Derives the record key from a value; None where the writer (e.g. Debezium) sets the key.
+    key: Callable[[Message], str] | None
+    key_description: str
+    partitions: int = 3
+    retention_ms: int = 7 * DAY_MS
+    cleanup_policy: str = "delete"
+    extra_config: Mapping[str, str] = field(default_factory=dict)
+
+    def message_class(self) -> type[Message]:
+        """The generated class for this topic's values."""
+        if self.value_format != PROTOBUF or not self.module or not self.message_type:
+            raise TypeError(f"topic {self.name} does not carry protobuf values ({self.value_format})")
+        module = importlib.import_module(self.module)
+        return getattr(module, self.message_type.rsplit(".", 1)[1])
+
+    def key_of(self, message: Message) -> bytes | None:
+        return self.key(message).encode("utf-8") if self.key else None
+
+    def config(self) -> dict[str, str]:
+        """Topic-level configuration for CreateTopics."""
+        return {
+            "cleanup.policy": self.cleanup_policy,
+            "retention.ms": str(self.retention_ms),
+            **self.extra_config,
+        }
+
+
+def dead_letters_of(source: str, description: str) -> Topic:
+    return Topic(
+        name=f"{source}.dlq",
+        description=description,
+        value_format=RAW,
+        message_type=None,
+        module=None,
+        key=None,
+        key_description="the source record's key, unchanged",
+        partitions=1,
+        retention_ms=30 * DAY_MS,
+    )
+
+
+# --- IoT real-time CDC -------------------------------------------------------------------
+
+IOT_CDC_READINGS = Topic(
+    name="iot.cdc.readings",
+    description="Debezium change events of the PostgreSQL table public.readings (create, update, delete, snapshot read).",
+    value_format=DEBEZIUM_JSON,
+    message_type=None,
+    module=None,
+    key=None,
+    key_description="Debezium key: the row's primary key (reading_id) as JSON",
+    partitions=3,
+)
+
+IOT_AGGREGATES = Topic(
+    name="iot.aggregates.v1",
+    description="Windowed per-device and per-site reading aggregates (tumbling 1 min, hopping 5 min/1 min).",
+    value_format=PROTOBUF,
+    message_type="datapipelines.iot.v1.ReadingAggregate",
+    module="datapipelines.iot.v1.reading_aggregate_pb2",
+    key=lambda m: f"{m.scope}:{m.key_id}",
+    key_description="<scope number>:<device or site id>",
+    partitions=3,
+)
+
+IOT_LATE_READINGS = Topic(
+    name="iot.readings.late.v1",
+    description="Readings that arrived after their window's grace period, with the reason.",
+    value_format=PROTOBUF,
+    message_type="datapipelines.iot.v1.LateReading",
+    module="datapipelines.iot.v1.late_reading_pb2",
+    key=lambda m: m.reading.device_id,
+    key_description="device id",
+    partitions=1,
+    retention_ms=30 * DAY_MS,
+)
+
+IOT_CDC_DEAD_LETTERS = dead_letters_of(
+    IOT_CDC_READINGS.name, "CDC records the aggregator could not decode, with the reason in headers."
+)
+
+# --- User behaviour streaming ------------------------------------------------------------
+
+BEHAVIOUR_EVENTS = Topic(
+    name="behaviour.events.v1",
+    description="Validated user events accepted by the ingestion service.",
+    value_format=PROTOBUF,
+    message_type="datapipelines.behaviour.v1.UserEvent",
+    module="datapipelines.behaviour.v1.user_event_pb2",
+    key=lambda m: m.session_id or m.anonymous_id or m.user_id,
+    key_description="session id (falls back to anonymous id, then user id) so a session stays in order",
+    partitions=3,
+)
+
+BEHAVIOUR_EVENTS_DEAD_LETTERS = dead_letters_of(
+    BEHAVIOUR_EVENTS.name, "Events the ingestion service or the Flink job rejected, with the reason in headers."
+)
+
+BEHAVIOUR_METRICS = Topic(
+    name="behaviour.metrics.v1",
+    description="Windowed behaviour metrics from the Flink job.",
+    value_format=PROTOBUF,
+    message_type="datapipelines.behaviour.v1.BehaviourMetric",
+    module="datapipelines.behaviour.v1.behaviour_metric_pb2",
+    key=lambda m: f"{m.dimension}:{m.dimension_value}",
+    key_description="<dimension number>:<dimension value>",
+    partitions=3,
+)
+
+BEHAVIOUR_SESSIONS = Topic(
+    name="behaviour.sessions.v1",
+    description="Session summaries (session windows) from the Flink job.",
+    value_format=PROTOBUF,
+    message_type="datapipelines.behaviour.v1.SessionSummary",
+    module="datapipelines.behaviour.v1.session_summary_pb2",
+    key=lambda m: m.session_id,
+    key_description="session id",
+    partitions=3,
+)
+
+ALL: tuple[Topic, ...] = (
+    IOT_CDC_READINGS,
+    IOT_AGGREGATES,
+    IOT_LATE_READINGS,
+    IOT_CDC_DEAD_LETTERS,
+    BEHAVIOUR_EVENTS,
+    BEHAVIOUR_EVENTS_DEAD_LETTERS,
+    BEHAVIOUR_METRICS,
+    BEHAVIOUR_SESSIONS,
+)
+
+BY_NAME: dict[str, Topic] = {t.name: t for t in ALL}
+
+
+def get(name: str) -> Topic:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown topic {name!r}; declared topics: {', '.join(sorted(BY_NAME))}") from None
