@@ -79,3 +79,31 @@ def ensure_topics(bootstrap: str, wanted: Iterable[topics.Topic] = topics.ALL, t
             raise RuntimeError(f"could not create topic {name} on {bootstrap}: {exc}") from exc
     log.info("created topics %s on %s", ", ".join(sorted(created)), bootstrap)
     return sorted(created)
+
+
+def dead_letter_topic(source: topics.Topic) -> topics.Topic:
+    return topics.get(source.name + ".dlq")
+
+
+def decode_or_dead_letter(producer: Producer, topic: topics.Topic, record, stage: str) -> Message | None:
+    """Decode a consumed record of `topic`; a malformed one goes to the topic's DLQ with the reason.
+
+    Returns the message, or None when the record was dead-lettered (the caller carries on
+    with the next record; the DLQ write is flushed with the caller's next flush/commit).
+    """
+    try:
+        return records.decode(topic, record.value(), record.headers())
+    except records.MalformedRecord as error:
+        dlq = dead_letter_topic(topic)
+        headers = records.dead_letter_headers(
+            error, record.topic(), record.partition(), record.offset(), stage, record.headers()
+        )
+        log.warning(
+            "dead-lettered %s[%d]@%d to %s: %s", record.topic(), record.partition(), record.offset(), dlq.name, error
+        )
+        while True:
+            try:
+                producer.produce(dlq.name, value=record.value(), key=record.key(), headers=headers)
+                return None
+            except BufferError:
+                producer.poll(0.1)
