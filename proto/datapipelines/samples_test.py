@@ -1,23 +1,11 @@
 """Every contract message can be filled, serialised and parsed back unchanged."""
 
 import pytest
-from google.protobuf import descriptor_pool
 
-from datapipelines import samples
-from datapipelines.behaviour.v1 import behaviour_metric_pb2, session_summary_pb2, user_event_pb2
-from datapipelines.commerce.v1 import commerce_event_pb2, mart_pb2
-from datapipelines.ingest.v1 import envelope_pb2, ingest_service_pb2
-from datapipelines.iot.v1 import device_pb2, device_reading_pb2, late_reading_pb2, reading_aggregate_pb2
+from datapipelines import catalog, samples
+from datapipelines.commerce.v1 import commerce_event_pb2
 
-MODULES = [
-    behaviour_metric_pb2, session_summary_pb2, user_event_pb2, commerce_event_pb2, mart_pb2,
-    envelope_pb2, ingest_service_pb2, device_pb2, device_reading_pb2, late_reading_pb2, reading_aggregate_pb2,
-]
-MESSAGES = sorted(
-    (cls for module in MODULES for cls in vars(module).values()
-     if isinstance(cls, type) and hasattr(cls, "DESCRIPTOR") and hasattr(cls, "SerializeToString")),
-    key=lambda cls: cls.DESCRIPTOR.full_name,
-)
+MESSAGES = catalog.messages()
 
 
 def test_all_contract_files_are_covered():

@@ -59,10 +59,11 @@ class Topic:
         }
 
 
-def dead_letters_of(source: str, description: str) -> Topic:
+def dead_letters_of(source: Topic) -> Topic:
+    """The dead-letter topic of `source`: records no reader could use, with the reason in headers."""
     return Topic(
-        name=f"{source}.dlq",
-        description=description,
+        name=f"{source.name}.dlq",
+        description=f"Records of {source.name} that could not be read, unchanged, with the reason in dp.dlq.* headers.",
         value_format=RAW,
         message_type=None,
         module=None,
@@ -109,9 +110,6 @@ IOT_LATE_READINGS = Topic(
     retention_ms=30 * DAY_MS,
 )
 
-IOT_CDC_DEAD_LETTERS = dead_letters_of(
-    IOT_CDC_READINGS.name, "CDC records the aggregator could not decode, with the reason in headers."
-)
 
 # --- User behaviour streaming ------------------------------------------------------------
 
@@ -126,9 +124,6 @@ BEHAVIOUR_EVENTS = Topic(
     partitions=3,
 )
 
-BEHAVIOUR_EVENTS_DEAD_LETTERS = dead_letters_of(
-    BEHAVIOUR_EVENTS.name, "Events the ingestion service or the Flink job rejected, with the reason in headers."
-)
 
 BEHAVIOUR_METRICS = Topic(
     name="behaviour.metrics.v1",
@@ -152,16 +147,19 @@ BEHAVIOUR_SESSIONS = Topic(
     partitions=3,
 )
 
-ALL: tuple[Topic, ...] = (
+SOURCES: tuple[Topic, ...] = (
     IOT_CDC_READINGS,
     IOT_AGGREGATES,
     IOT_LATE_READINGS,
-    IOT_CDC_DEAD_LETTERS,
     BEHAVIOUR_EVENTS,
-    BEHAVIOUR_EVENTS_DEAD_LETTERS,
     BEHAVIOUR_METRICS,
     BEHAVIOUR_SESSIONS,
 )
+
+# Every topic that readers consume has a dead-letter topic beside it.
+DEAD_LETTERS: tuple[Topic, ...] = tuple(dead_letters_of(t) for t in SOURCES)
+
+ALL: tuple[Topic, ...] = SOURCES + DEAD_LETTERS
 
 BY_NAME: dict[str, Topic] = {t.name: t for t in ALL}
 

@@ -10,6 +10,8 @@ def main() -> int:
     args = ["-p", "no:cacheprovider", "-q", "-rfEs"]
     if os.environ.get("XML_OUTPUT_FILE"):
         args.append("--junitxml=" + os.environ["XML_OUTPUT_FILE"])
+    if os.environ.get("TEST_TMPDIR"):  # keep tmp_path inside the test's own directory, not /tmp
+        args.append("--basetemp=" + os.path.join(os.environ["TEST_TMPDIR"], "pytest"))
     if os.environ.get("TESTBRIDGE_TEST_ONLY"):  # bazel test --test_filter=...
         args += ["-k", os.environ["TESTBRIDGE_TEST_ONLY"]]
     code = pytest.main(args + sys.argv[1:])

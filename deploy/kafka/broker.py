@@ -1,0 +1,553 @@
+"""A single-node Apache Kafka 4 broker (KRaft: broker and controller in one JVM) on loopback.
+
+    bazel run //deploy/kafka:broker -- --help
+
+The jars come from @maven_kafka (third_party/jvm/kafka). Everything the broker keeps lives under
+one state directory: `<state-dir>/kafka/{server.properties,log4j2.properties,data/,logs/}`.
+The storage is formatted once (a new cluster id) and reused on every later start, so topics and
+records survive restarts. SIGTERM or Ctrl-C stops the JVM cleanly (a controlled shutdown).
+"""
+
+import argparse
+import base64
+import dataclasses
+import logging
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zipfile
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+LOG = logging.getLogger("kafka_broker")
+
+JAVA_MIN_MAJOR = 17  # Kafka 4 brokers need Java 17.
+MAVEN_REPOSITORY = "maven_kafka"
+READY_LINE = "Kafka Server started"
+# The JVM's exit status after SIGTERM when its shutdown hooks completed (128 + 15).
+CLEAN_EXIT_CODES = (0, 128 + signal.SIGTERM)
+
+# Kafka 4 logs through SLF4J 1.7 to Log4j 2, and its jars carry no Log4j configuration (Log4j's
+# fallback shows errors only). Everything at INFO goes to server.log (the broker's ready line is
+# read from there); warnings and errors also go to the JVM's stderr, which lands in kafka.out.
+# `shutdownHook = disable`: otherwise every stop warns "Unable to register Log4j shutdown hook
+# because JVM is shutting down" (the appenders flush every line, so nothing is lost).
+_LOG4J2_PROPERTIES = """\
+# Written by deploy/kafka/broker.py on every start.
+status = warn
+shutdownHook = disable
+appender.server.type = RollingFile
+appender.server.name = server
+appender.server.fileName = ${sys:kafka.logs.dir}/server.log
+appender.server.filePattern = ${sys:kafka.logs.dir}/server.log.%i
+appender.server.layout.type = PatternLayout
+appender.server.layout.pattern = [%d] %p %m (%c)%n
+appender.server.policies.type = Policies
+appender.server.policies.size.type = SizeBasedTriggeringPolicy
+appender.server.policies.size.size = 20MB
+appender.server.strategy.type = DefaultRolloverStrategy
+appender.server.strategy.max = 3
+appender.stderr.type = Console
+appender.stderr.name = stderr
+appender.stderr.target = SYSTEM_ERR
+appender.stderr.layout.type = PatternLayout
+appender.stderr.layout.pattern = [%d] %p %m (%c)%n
+appender.stderr.filter.level.type = ThresholdFilter
+appender.stderr.filter.level.level = warn
+rootLogger.level = info
+rootLogger.appenderRef.server.ref = server
+rootLogger.appenderRef.stderr.ref = stderr
+# Per-request and state-change chatter.
+logger.request.name = kafka.request.logger
+logger.request.level = warn
+logger.statechange.name = state.change.logger
+logger.statechange.level = warn
+"""
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be started or stopped; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerConfig:
+    """Everything one broker needs; `from_env` gives the local-stack defaults."""
+
+    state_dir: pathlib.Path
+    port: int = 9092
+    controller_port: int = 9093
+    host: str = "127.0.0.1"
+    log_dir: Optional[pathlib.Path] = None  # default: <state_dir>/kafka/logs
+    heap: str = "512m"
+    java: Optional[str] = None  # default: $JAVA_HOME/bin/java, else java on PATH
+    classpath: Tuple[str, ...] = ()  # default: the @maven_kafka jars in runfiles
+    start_timeout: float = 90.0
+    stop_timeout: float = 30.0
+    overrides: Tuple[Tuple[str, str], ...] = ()  # extra server.properties entries, applied last
+
+    @property
+    def kafka_dir(self) -> pathlib.Path:
+        return self.state_dir / "kafka"
+
+    @property
+    def logs(self) -> pathlib.Path:
+        return self.log_dir or self.kafka_dir / "logs"
+
+    @property
+    def bootstrap(self) -> str:
+        return "%s:%d" % (self.host, self.port)
+
+
+def default_state_dir() -> pathlib.Path:
+    workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY") or os.getcwd()
+    return pathlib.Path(workspace) / ".state"
+
+
+def server_properties(config: BrokerConfig) -> Dict[str, str]:
+    """The broker's configuration: one combined broker+controller node for one machine."""
+    properties = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        # A dynamic (KIP-853) quorum: the voter set lives in the metadata log from formatting
+        # on, so the controller port may change between runs of the same state.
+        "controller.quorum.bootstrap.servers": "%s:%d" % (config.host, config.controller_port),
+        "listeners": "PLAINTEXT://%s:%d,CONTROLLER://%s:%d"
+        % (config.host, config.port, config.host, config.controller_port),
+        "advertised.listeners": "PLAINTEXT://%s:%d" % (config.host, config.port),
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(config.kafka_dir / "data"),
+        # One node: every internal topic has one replica, and few partitions keep start-up,
+        # file handles and memory small (the defaults are 50 partitions each).
+        "num.partitions": "1",
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.num.partitions": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        # Topics are declared by the pipelines, never made by a typo in a producer.
+        "auto.create.topics.enable": "false",
+        "num.network.threads": "2",
+        "num.io.threads": "2",
+        "num.recovery.threads.per.data.dir": "1",
+        "log.retention.hours": "168",
+        "log.segment.bytes": str(64 * 1024 * 1024),
+    }
+    properties.update(dict(config.overrides))
+    return properties
+
+
+def _write_properties(path: pathlib.Path, properties: Mapping[str, str], title: str) -> None:
+    lines = ["# %s" % title] + ["%s=%s" % (key, value) for key, value in properties.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding, not starting with '-'."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
+def find_java(explicit: Optional[str] = None) -> Tuple[str, str]:
+    """The java launcher to use and its version; fails unless it is Java 17 or newer."""
+    candidates = [explicit] if explicit else []
+    if not explicit and os.environ.get("JAVA_HOME"):
+        candidates.append(os.path.join(os.environ["JAVA_HOME"], "bin", "java"))
+    if not explicit:
+        candidates.append("java")
+    for java in candidates:
+        try:
+            result = subprocess.run(
+                [java, "-XX:-UsePerfData", "-version"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        match = re.search(r'version "(\d+)(?:\.(\d+))?[^"]*"', result.stdout)
+        if not match:
+            continue
+        major = int(match.group(1))
+        if major == 1:  # "1.8.0_x" style
+            major = int(match.group(2) or 0)
+        version = match.group(0).split('"')[1]
+        if major < JAVA_MIN_MAJOR:
+            raise BrokerError(
+                "%s is Java %s; Kafka 4 needs Java %d+ (set JAVA_HOME or install openjdk-17-jre-headless)"
+                % (java, version, JAVA_MIN_MAJOR)
+            )
+        return java, version
+    raise BrokerError(
+        "no java found (tried %s): install Java %d+ or set JAVA_HOME"
+        % (", ".join(candidates), JAVA_MIN_MAJOR)
+    )
+
+
+def kafka_version(classpath: Sequence[str]) -> str:
+    """The Kafka version baked into the kafka-clients jar on the classpath."""
+    for jar in classpath:
+        if "kafka-clients" not in os.path.basename(jar):
+            continue
+        with zipfile.ZipFile(jar) as archive:
+            for line in archive.read("kafka/kafka-version.properties").decode().splitlines():
+                if line.startswith("version="):
+                    return line.split("=", 1)[1].strip()
+    return "unknown"
+
+
+def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: pathlib.Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+def _load_prctl():
+    """libc's prctl, looked up now: the child after fork must not load libraries (locks)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the launching process dies."""
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+class KafkaBroker:
+    """One Kafka broker process: `start()` returns when it serves requests, `stop()` ends it.
+
+    Usable as a context manager. The JVM runs in its own session, so a Ctrl-C in the
+    terminal reaches only this process, which then stops the JVM in order.
+    """
+
+    def __init__(self, config: BrokerConfig):
+        self.config = config
+        self.process: Optional[subprocess.Popen] = None
+        self.returncode: Optional[int] = None
+        self.cluster_id: Optional[str] = None
+        self.version: Optional[str] = None
+        self.java_version: Optional[str] = None
+        self.start_seconds: Optional[float] = None
+        self._classpath: List[str] = list(config.classpath)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.config.bootstrap
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.process.pid if self.process else None
+
+    @property
+    def server_log(self) -> pathlib.Path:
+        return self.config.logs / "server.log"
+
+    @property
+    def console_log(self) -> pathlib.Path:
+        return self.config.logs / "kafka.out"
+
+    def __enter__(self) -> "KafkaBroker":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _jvm(self, java: str, main: str, args: Sequence[str], heap: str) -> List[str]:
+        return [
+            java,
+            "-Xms64m",
+            "-Xmx" + heap,
+            # A small machine: serial GC keeps threads and footprint low; no pauses matter here.
+            "-XX:+UseSerialGC",
+            "-XX:+ExitOnOutOfMemoryError",
+            # No hsperfdata files in /tmp (and no lock warnings inside Bazel's sandbox).
+            "-XX:-UsePerfData",
+            "-Djava.awt.headless=true",
+            "-Dkafka.logs.dir=" + str(self.config.logs),
+            "-Dlog4j2.configurationFile=" + str(self.config.kafka_dir / "log4j2.properties"),
+            "-cp",
+            os.pathsep.join(self._classpath),
+            main,
+        ] + list(args)
+
+    def _format_once(self, java: str, properties_file: pathlib.Path) -> None:
+        meta = self.config.kafka_dir / "data" / "meta.properties"
+        if meta.exists():
+            match = re.search(r"^cluster\.id=(.+)$", meta.read_text(encoding="utf-8"), re.M)
+            self.cluster_id = match.group(1).strip() if match else None
+            LOG.info("event=storage_reused dir=%s cluster_id=%s", meta.parent, self.cluster_id)
+            return
+        cluster_id = new_cluster_id()
+        command = self._jvm(
+            java, "kafka.tools.StorageTool",
+            ["format", "--cluster-id", cluster_id, "--config", str(properties_file), "--standalone"],
+            heap="256m",
+        )
+        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if result.returncode != 0:
+            raise BrokerError(
+                "formatting Kafka storage in %s failed (exit %d):\n%s"
+                % (meta.parent, result.returncode, result.stdout.strip())
+            )
+        self.cluster_id = cluster_id
+        LOG.info("event=storage_formatted dir=%s cluster_id=%s", meta.parent, cluster_id)
+
+    def start(self, cancel: Optional[threading.Event] = None) -> None:
+        """Write the config, format storage if new, launch the JVM and wait until it serves.
+
+        Setting `cancel` (e.g. from a signal handler) abandons the wait and stops the JVM.
+        """
+        if self.process and self.process.poll() is None:
+            raise BrokerError("broker already running (pid %d)" % self.process.pid)
+        config = self.config
+        began = time.monotonic()
+        for port in (config.port, config.controller_port):
+            if port_is_open(config.host, port):
+                raise BrokerError(
+                    "%s:%d is already in use: another broker running? (stop it, or choose "
+                    "--port/--controller-port or DP_KAFKA_PORT/DP_KAFKA_CONTROLLER_PORT)"
+                    % (config.host, port)
+                )
+        if not self._classpath:
+            from tools.jvm import classpath
+
+            self._classpath = classpath.jars(MAVEN_REPOSITORY)
+        java, self.java_version = find_java(config.java)
+        self.version = kafka_version(self._classpath)
+
+        for directory in (config.kafka_dir, config.kafka_dir / "data", config.logs):
+            directory.mkdir(parents=True, exist_ok=True)
+        (config.kafka_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES, encoding="utf-8")
+        properties_file = config.kafka_dir / "server.properties"
+        _write_properties(
+            properties_file, server_properties(config), "Written by deploy/kafka/broker.py on every start."
+        )
+        self._format_once(java, properties_file)
+
+        # Each start reads its own ready line: remember where this run's log begins.
+        offset = self.server_log.stat().st_size if self.server_log.exists() else 0
+        command = self._jvm(java, "kafka.Kafka", [str(properties_file)], heap=config.heap)
+        with open(self.console_log, "ab") as console:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                cwd=str(config.kafka_dir),
+                start_new_session=True,
+                preexec_fn=_die_with_parent if _PRCTL is not None else None,
+            )
+        self.returncode = None
+        LOG.info("event=jvm_started pid=%d version=%s java=%s", self.process.pid, self.version, self.java_version)
+        try:
+            self._wait_ready(offset, began + config.start_timeout, cancel or threading.Event())
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - began
+        LOG.info(
+            "event=broker_ready bootstrap=%s seconds=%.1f state=%s", self.bootstrap, self.start_seconds, config.kafka_dir
+        )
+
+    def _logged_since(self, offset: int) -> str:
+        try:
+            with open(self.server_log, "rb") as log:
+                if log.seek(0, os.SEEK_END) < offset:
+                    offset = 0  # rolled over
+                log.seek(offset)
+                return log.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def _wait_ready(self, offset: int, deadline: float, cancel: threading.Event) -> None:
+        assert self.process is not None
+        while True:
+            if cancel.is_set():
+                raise BrokerError("start-up of the broker on %s was cancelled" % self.bootstrap)
+            code = self.process.poll()
+            if code is not None:
+                self.returncode = code
+                raise BrokerError(
+                    "the Kafka JVM exited with %d during start-up. Last lines of %s:\n%s\n%s:\n%s"
+                    % (code, self.server_log, _tail(self.server_log), self.console_log, _tail(self.console_log))
+                )
+            if READY_LINE in self._logged_since(offset) and port_is_open(self.config.host, self.config.port):
+                if self._metadata_ready(deadline):
+                    return
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    "Kafka did not become ready on %s within %.0f s. Last lines of %s:\n%s"
+                    % (self.bootstrap, self.config.start_timeout, self.server_log, _tail(self.server_log))
+                )
+            cancel.wait(0.2)
+
+    def _metadata_ready(self, deadline: float) -> bool:
+        """A metadata round trip that lists this broker, when confluent_kafka is available."""
+        try:
+            from confluent_kafka.admin import AdminClient
+        except ImportError:
+            return True
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 5000})
+        try:
+            metadata = admin.list_topics(timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+        except Exception:  # KafkaException: not ready yet; retried until the deadline
+            return False
+        return bool(metadata.brokers)
+
+    def stop(self, timeout: Optional[float] = None) -> Optional[int]:
+        """SIGTERM, wait for the controlled shutdown, SIGKILL after `timeout`. Returns the exit code."""
+        process = self.process
+        if process is None:
+            return self.returncode
+        if process.poll() is None:
+            timeout = self.config.stop_timeout if timeout is None else timeout
+            LOG.info("event=broker_stopping pid=%d", process.pid)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                LOG.warning("event=broker_killed pid=%d reason=no_exit_within_%.0fs", process.pid, timeout)
+                process.kill()
+                process.wait()
+        self.returncode = process.returncode
+        self.process = None
+        LOG.info("event=broker_stopped exit=%s clean=%s", self.returncode, self.returncode in CLEAN_EXIT_CODES)
+        return self.returncode
+
+    def wait(self) -> int:
+        """Blocks until the JVM exits by itself; returns its exit code."""
+        assert self.process is not None
+        self.returncode = self.process.wait()
+        return self.returncode
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit("%s=%r is not a port number" % (name, value)) from None
+
+
+def _override(text: str) -> Tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError("want KEY=VALUE, got %r" % text)
+    return key.strip(), value.strip()
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> BrokerConfig:
+    parser = argparse.ArgumentParser(
+        prog="broker",
+        description="Run a single-node Apache Kafka 4 broker (KRaft) on loopback until SIGTERM/Ctrl-C.",
+        epilog=(
+            "State (config, data, logs) lives in <state-dir>/kafka and survives restarts; delete "
+            "that folder for an empty broker. Example: bazel run //deploy/kafka:broker -- --port 19092"
+        ),
+    )
+    parser.add_argument("--port", type=int, default=_env_int("DP_KAFKA_PORT", 9092),
+                        help="client (PLAINTEXT) port [env DP_KAFKA_PORT, default 9092]")
+    parser.add_argument("--controller-port", type=int, default=_env_int("DP_KAFKA_CONTROLLER_PORT", 9093),
+                        help="KRaft controller port [env DP_KAFKA_CONTROLLER_PORT, default 9093]")
+    parser.add_argument("--host", default=os.environ.get("DP_KAFKA_HOST", "127.0.0.1"),
+                        help="address to listen on and advertise [env DP_KAFKA_HOST, default 127.0.0.1]")
+    parser.add_argument("--state-dir", type=pathlib.Path,
+                        default=pathlib.Path(os.environ["DP_STATE_DIR"]) if os.environ.get("DP_STATE_DIR") else None,
+                        help="state root; the broker uses <state-dir>/kafka [env DP_STATE_DIR, "
+                             "default <workspace>/.state]")
+    parser.add_argument("--log-dir", type=pathlib.Path,
+                        default=pathlib.Path(os.environ["DP_KAFKA_LOG_DIR"]) if os.environ.get("DP_KAFKA_LOG_DIR") else None,
+                        help="server.log and kafka.out [env DP_KAFKA_LOG_DIR, default <state-dir>/kafka/logs]")
+    parser.add_argument("--heap", default=os.environ.get("DP_KAFKA_HEAP", "512m"),
+                        help="JVM maximum heap [env DP_KAFKA_HEAP, default 512m]")
+    parser.add_argument("--start-timeout", type=float, default=90.0, help="seconds to wait for readiness [90]")
+    parser.add_argument("--override", type=_override, action="append", default=[], metavar="KEY=VALUE",
+                        help="extra server.properties entry (repeatable), e.g. --override num.partitions=3")
+    args = parser.parse_args(argv)
+    state_dir = (args.state_dir or default_state_dir()).absolute()
+    return BrokerConfig(
+        state_dir=state_dir,
+        port=args.port,
+        controller_port=args.controller_port,
+        host=args.host,
+        log_dir=args.log_dir.absolute() if args.log_dir else None,
+        heap=args.heap,
+        start_timeout=args.start_timeout,
+        overrides=tuple(args.override),
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = parse_args(argv)
+    stop_requested = threading.Event()
+
+    def request_stop(signum, _frame):
+        LOG.info("event=signal_received signal=%s", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    broker = KafkaBroker(config)
+    try:
+        broker.start(cancel=stop_requested)
+    except BrokerError as err:
+        print("kafka broker failed to start: %s" % err, file=sys.stderr)
+        return 1
+    print(
+        "kafka broker listening on %s (state: %s, Kafka %s, logs: %s)"
+        % (broker.bootstrap, config.kafka_dir, broker.version, config.logs),
+        flush=True,
+    )
+    while not stop_requested.wait(0.5):
+        if broker.process is None or broker.process.poll() is not None:
+            code = broker.stop()
+            print("kafka broker exited by itself with %s; see %s" % (code, broker.server_log), file=sys.stderr)
+            return 1
+    code = broker.stop()
+    if code not in CLEAN_EXIT_CODES:
+        print("kafka broker stopped with exit %s; see %s" % (code, broker.server_log), file=sys.stderr)
+        return 1
+    print("kafka broker stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
