@@ -19,6 +19,7 @@ DAY_MS = 24 * 60 * 60 * 1000
 PROTOBUF = "protobuf"
 DEBEZIUM_JSON = "debezium-json"  # written by Kafka Connect, not by our producers
 RAW = "raw"  # dead letters: the original bytes, whatever they were
+CONNECT_INTERNAL = "connect-internal"  # Kafka Connect's own configs, offsets and status
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,80 @@ IOT_CDC_READINGS = Topic(
     message_type=None,
     module=None,
     key=None,
-    key_description="Debezium key: the row's primary key (reading_id) as JSON",
+    # The connector keys records by site (Debezium message.key.columns), so every reading of a
+    # site, and so of its devices, lands in one partition: per-device and per-site windows are
+    # computed without a repartition step.
+    key_description='Debezium key {"site_id": ...} as JSON (message.key.columns in the connector config)',
     partitions=3,
+)
+
+IOT_AGGREGATOR_CHANGELOG = Topic(
+    name="iot.aggregator.readings.changelog",
+    description=(
+        "The aggregator's state store: the current version of every reading still inside an open "
+        "window, written in the same transaction as the aggregates; a tombstone once all its windows closed."
+    ),
+    value_format=PROTOBUF,
+    message_type="datapipelines.iot.v1.DeviceReading",
+    module="datapipelines.iot.v1.device_reading_pb2",
+    key=lambda m: str(m.reading_id),
+    key_description="reading id",
+    partitions=3,  # co-partitioned with iot.cdc.readings: state of input partition N lives in partition N
+    retention_ms=-1,
+    cleanup_policy="compact",
+)
+
+# Kafka Connect (distributed worker) keeps its configuration, source offsets (the PostgreSQL
+# LSN Debezium confirmed) and task status in these compacted topics.
+CONNECT_CONFIGS = Topic(
+    name="connect.iot.configs",
+    description="Kafka Connect connector and task configurations.",
+    value_format=CONNECT_INTERNAL,
+    message_type=None,
+    module=None,
+    key=None,
+    key_description="written by Kafka Connect",
+    partitions=1,  # Connect requires exactly one partition here
+    retention_ms=-1,
+    cleanup_policy="compact",
+)
+
+CONNECT_OFFSETS = Topic(
+    name="connect.iot.offsets",
+    description="Kafka Connect source offsets (Debezium's confirmed PostgreSQL LSN).",
+    value_format=CONNECT_INTERNAL,
+    message_type=None,
+    module=None,
+    key=None,
+    key_description="written by Kafka Connect",
+    partitions=3,
+    retention_ms=-1,
+    cleanup_policy="compact",
+)
+
+CONNECT_STATUS = Topic(
+    name="connect.iot.status",
+    description="Kafka Connect connector and task status.",
+    value_format=CONNECT_INTERNAL,
+    message_type=None,
+    module=None,
+    key=None,
+    key_description="written by Kafka Connect",
+    partitions=1,
+    retention_ms=-1,
+    cleanup_policy="compact",
+)
+
+DEBEZIUM_HEARTBEAT = Topic(
+    name="__debezium-heartbeat.iot",
+    description="Debezium heartbeats: keep the replication slot's LSN moving while readings are quiet.",
+    value_format=CONNECT_INTERNAL,
+    message_type=None,
+    module=None,
+    key=None,
+    key_description="written by Debezium",
+    partitions=1,
+    retention_ms=1 * DAY_MS,
 )
 
 IOT_AGGREGATES = Topic(
@@ -159,7 +232,16 @@ SOURCES: tuple[Topic, ...] = (
 # Every topic that readers consume has a dead-letter topic beside it.
 DEAD_LETTERS: tuple[Topic, ...] = tuple(dead_letters_of(t) for t in SOURCES)
 
-ALL: tuple[Topic, ...] = SOURCES + DEAD_LETTERS
+# Topics that only a framework or a component's own state uses (no dead-letter topic).
+INTERNAL: tuple[Topic, ...] = (
+    IOT_AGGREGATOR_CHANGELOG,
+    CONNECT_CONFIGS,
+    CONNECT_OFFSETS,
+    CONNECT_STATUS,
+    DEBEZIUM_HEARTBEAT,
+)
+
+ALL: tuple[Topic, ...] = SOURCES + DEAD_LETTERS + INTERNAL
 
 BY_NAME: dict[str, Topic] = {t.name: t for t in ALL}
 

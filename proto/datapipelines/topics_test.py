@@ -13,7 +13,7 @@ def test_names_are_unique_and_well_formed():
     names = [t.name for t in topics.ALL]
     assert len(names) == len(set(names))
     for name in names:
-        assert re.fullmatch(r"[a-z]+(\.[a-z0-9]+)+", name), name
+        assert re.fullmatch(r"(__)?[a-z]+(-[a-z]+)?(\.[a-z0-9]+)+", name), name
 
 
 def test_protobuf_topics_resolve_their_message_class():
@@ -27,7 +27,7 @@ def test_protobuf_topics_resolve_their_message_class():
 
 
 def test_every_protobuf_topic_is_versioned_in_its_name():
-    for topic in topics.ALL:
+    for topic in topics.SOURCES:
         if topic.value_format == topics.PROTOBUF:
             assert topic.name.endswith(".v1"), topic.name
 
@@ -55,3 +55,17 @@ def test_unknown_topic_names_the_known_ones():
 def test_config_carries_retention_and_cleanup():
     config = topics.IOT_AGGREGATES.config()
     assert config == {"cleanup.policy": "delete", "retention.ms": str(7 * topics.DAY_MS)}
+
+
+def test_state_and_connect_topics_are_compacted_and_kept():
+    for topic in (topics.IOT_AGGREGATOR_CHANGELOG, topics.CONNECT_CONFIGS, topics.CONNECT_OFFSETS, topics.CONNECT_STATUS):
+        assert topic.cleanup_policy == "compact" and topic.retention_ms == -1, topic.name
+    assert topics.CONNECT_CONFIGS.partitions == 1
+    # State of input partition N lives in changelog partition N.
+    assert topics.IOT_AGGREGATOR_CHANGELOG.partitions == topics.IOT_CDC_READINGS.partitions
+
+
+def test_only_reader_topics_have_dead_letters():
+    dead = {t.name for t in topics.DEAD_LETTERS}
+    assert dead == {t.name + ".dlq" for t in topics.SOURCES}
+    assert not any(t.name + ".dlq" in dead for t in topics.INTERNAL)
