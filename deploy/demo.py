@@ -26,8 +26,8 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from datapipelines import catalog, kafka, records, samples, topics
+from deploy.common.process import free_ports
 from deploy.kafka.broker import BrokerConfig, KafkaBroker
-from tests.fixtures.kafka_broker import free_ports
 
 SAMPLES_PER_TOPIC = 5
 

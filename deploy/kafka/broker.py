@@ -16,7 +16,6 @@ import os
 import pathlib
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,8 @@ import time
 import uuid
 import zipfile
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from deploy.common import process
 
 LOG = logging.getLogger("kafka_broker")
 
@@ -105,8 +106,7 @@ class BrokerConfig:
 
 
 def default_state_dir() -> pathlib.Path:
-    workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY") or os.getcwd()
-    return pathlib.Path(workspace) / ".state"
+    return process.workspace_state_dir()
 
 
 def server_properties(config: BrokerConfig) -> Dict[str, str]:
@@ -165,36 +165,10 @@ def new_cluster_id() -> str:
 
 def find_java(explicit: Optional[str] = None) -> Tuple[str, str]:
     """The java launcher to use and its version; fails unless it is Java 17 or newer."""
-    candidates = [explicit] if explicit else []
-    if not explicit and os.environ.get("JAVA_HOME"):
-        candidates.append(os.path.join(os.environ["JAVA_HOME"], "bin", "java"))
-    if not explicit:
-        candidates.append("java")
-    for java in candidates:
-        try:
-            result = subprocess.run(
-                [java, "-XX:-UsePerfData", "-version"],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        match = re.search(r'version "(\d+)(?:\.(\d+))?[^"]*"', result.stdout)
-        if not match:
-            continue
-        major = int(match.group(1))
-        if major == 1:  # "1.8.0_x" style
-            major = int(match.group(2) or 0)
-        version = match.group(0).split('"')[1]
-        if major < JAVA_MIN_MAJOR:
-            raise BrokerError(
-                "%s is Java %s; Kafka 4 needs Java %d+ (set JAVA_HOME or install openjdk-17-jre-headless)"
-                % (java, version, JAVA_MIN_MAJOR)
-            )
-        return java, version
-    raise BrokerError(
-        "no java found (tried %s): install Java %d+ or set JAVA_HOME"
-        % (", ".join(candidates), JAVA_MIN_MAJOR)
-    )
+    try:
+        return process.find_java(explicit, JAVA_MIN_MAJOR, needed_by="Kafka 4")
+    except process.JavaNotFound as err:
+        raise BrokerError(str(err)) from None
 
 
 def kafka_version(classpath: Sequence[str]) -> str:
@@ -207,43 +181,6 @@ def kafka_version(classpath: Sequence[str]) -> str:
                 if line.startswith("version="):
                     return line.split("=", 1)[1].strip()
     return "unknown"
-
-
-def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _tail(path: pathlib.Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(text[-lines:])
-
-
-def _load_prctl():
-    """libc's prctl, looked up now: the child after fork must not load libraries (locks)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the launching process dies."""
-    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 class KafkaBroker:
@@ -336,7 +273,7 @@ class KafkaBroker:
         config = self.config
         began = time.monotonic()
         for port in (config.port, config.controller_port):
-            if port_is_open(config.host, port):
+            if process.port_is_open(config.host, port):
                 raise BrokerError(
                     "%s:%d is already in use: another broker running? (stop it, or choose "
                     "--port/--controller-port or DP_KAFKA_PORT/DP_KAFKA_CONTROLLER_PORT)"
@@ -369,7 +306,7 @@ class KafkaBroker:
                 stderr=subprocess.STDOUT,
                 cwd=str(config.kafka_dir),
                 start_new_session=True,
-                preexec_fn=_die_with_parent if _PRCTL is not None else None,
+                preexec_fn=process.die_with_parent(signal.SIGTERM),
             )
         self.returncode = None
         LOG.info("event=jvm_started pid=%d version=%s java=%s", self.process.pid, self.version, self.java_version)
@@ -403,15 +340,15 @@ class KafkaBroker:
                 self.returncode = code
                 raise BrokerError(
                     "the Kafka JVM exited with %d during start-up. Last lines of %s:\n%s\n%s:\n%s"
-                    % (code, self.server_log, _tail(self.server_log), self.console_log, _tail(self.console_log))
+                    % (code, self.server_log, process.tail(self.server_log), self.console_log, process.tail(self.console_log))
                 )
-            if READY_LINE in self._logged_since(offset) and port_is_open(self.config.host, self.config.port):
+            if READY_LINE in self._logged_since(offset) and process.port_is_open(self.config.host, self.config.port):
                 if self._metadata_ready(deadline):
                     return
             if time.monotonic() > deadline:
                 raise BrokerError(
                     "Kafka did not become ready on %s within %.0f s. Last lines of %s:\n%s"
-                    % (self.bootstrap, self.config.start_timeout, self.server_log, _tail(self.server_log))
+                    % (self.bootstrap, self.config.start_timeout, self.server_log, process.tail(self.server_log))
                 )
             cancel.wait(0.2)
 
@@ -430,20 +367,20 @@ class KafkaBroker:
 
     def stop(self, timeout: Optional[float] = None) -> Optional[int]:
         """SIGTERM, wait for the controlled shutdown, SIGKILL after `timeout`. Returns the exit code."""
-        process = self.process
-        if process is None:
+        jvm = self.process
+        if jvm is None:
             return self.returncode
-        if process.poll() is None:
+        if jvm.poll() is None:
             timeout = self.config.stop_timeout if timeout is None else timeout
-            LOG.info("event=broker_stopping pid=%d", process.pid)
-            process.send_signal(signal.SIGTERM)
+            LOG.info("event=broker_stopping pid=%d", jvm.pid)
+            jvm.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout)
+                jvm.wait(timeout)
             except subprocess.TimeoutExpired:
-                LOG.warning("event=broker_killed pid=%d reason=no_exit_within_%.0fs", process.pid, timeout)
-                process.kill()
-                process.wait()
-        self.returncode = process.returncode
+                LOG.warning("event=broker_killed pid=%d reason=no_exit_within_%.0fs", jvm.pid, timeout)
+                jvm.kill()
+                jvm.wait()
+        self.returncode = jvm.returncode
         self.process = None
         LOG.info("event=broker_stopped exit=%s clean=%s", self.returncode, self.returncode in CLEAN_EXIT_CODES)
         return self.returncode
@@ -453,16 +390,6 @@ class KafkaBroker:
         assert self.process is not None
         self.returncode = self.process.wait()
         return self.returncode
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise SystemExit("%s=%r is not a port number" % (name, value)) from None
 
 
 def _override(text: str) -> Tuple[str, str]:
@@ -481,9 +408,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BrokerConfig:
             "that folder for an empty broker. Example: bazel run //deploy/kafka:broker -- --port 19092"
         ),
     )
-    parser.add_argument("--port", type=int, default=_env_int("DP_KAFKA_PORT", 9092),
+    parser.add_argument("--port", type=int, default=process.env_int("DP_KAFKA_PORT", 9092, "a port number"),
                         help="client (PLAINTEXT) port [env DP_KAFKA_PORT, default 9092]")
-    parser.add_argument("--controller-port", type=int, default=_env_int("DP_KAFKA_CONTROLLER_PORT", 9093),
+    parser.add_argument("--controller-port", type=int, default=process.env_int("DP_KAFKA_CONTROLLER_PORT", 9093, "a port number"),
                         help="KRaft controller port [env DP_KAFKA_CONTROLLER_PORT, default 9093]")
     parser.add_argument("--host", default=os.environ.get("DP_KAFKA_HOST", "127.0.0.1"),
                         help="address to listen on and advertise [env DP_KAFKA_HOST, default 127.0.0.1]")

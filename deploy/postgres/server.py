@@ -32,13 +32,14 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from typing import Callable, List, Optional, Sequence
+
+from deploy.common import process
 
 LOG = logging.getLogger("postgres_server")
 
@@ -55,12 +56,10 @@ _SOCKET_PATH_MAX = 107
 _PORT_ATTEMPTS = 3
 
 _CLONE_NEWUSER = 0x10000000
-_PR_SET_PDEATHSIG = 1
 # Looked up now, in the parent: a child between fork and exec must not enter the dynamic
 # loader (another thread may have held its lock at fork time).
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _UNSHARE = _LIBC.unshare
-_PRCTL = _LIBC.prctl
 
 
 class PostgresError(RuntimeError):
@@ -125,7 +124,7 @@ class Identity:
             if die_with_parent:
                 # After the identity change: changing credentials clears the death signal.
                 # SIGINT is PostgreSQL's fast shutdown.
-                _PRCTL(_PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
+                process.set_parent_death_signal(signal.SIGINT)
 
         return become
 
@@ -207,28 +206,6 @@ def _conf_value(value) -> str:
     if isinstance(value, int):
         return str(value)
     return "'%s'" % str(value).replace("'", "''")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _tail(path: pathlib.Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(text[-lines:])
 
 
 def only_uid0_mapped() -> bool:
@@ -512,7 +489,7 @@ class PostgresServer:
         config = self.config
         cancel = cancel or threading.Event()
         began = time.monotonic()
-        if config.port and port_is_open(config.host, config.port):
+        if config.port and process.port_is_open(config.host, config.port):
             raise PostgresError(
                 "%s:%d is already in use: another PostgreSQL running? (stop it, or choose --port or "
                 "DP_POSTGRES_PORT; 0 picks a free port)" % (config.host, config.port)
@@ -526,8 +503,8 @@ class PostgresServer:
         self._initdb_once(identity)
         fixed = config.port != 0
         for attempt in range(1 if fixed else _PORT_ATTEMPTS):
-            port = config.port or free_port(config.host)
-            if not fixed and port_is_open(config.host, port):
+            port = config.port or process.free_port(config.host)
+            if not fixed and process.port_is_open(config.host, port):
                 continue
             self.port = port
             self._write_config(identity, port)
@@ -592,7 +569,7 @@ class PostgresServer:
                     "postgres exited with %d during start-up. Its log since this start (%s):\n%s"
                     % (code, self.config.log_file, self._logged_since(offset).strip()[-3000:] or "(empty)")
                 )
-            if port_is_open(self.config.host, self.port):
+            if process.port_is_open(self.config.host, self.port):
                 try:
                     with psycopg.connect(self.superuser_dsn("postgres"), connect_timeout=5) as conn:
                         conn.execute("SELECT 1")
@@ -604,7 +581,7 @@ class PostgresServer:
                     "PostgreSQL did not accept connections on %s:%d within %.0f s (last error: %s). "
                     "Last lines of %s:\n%s" % (self.config.host, self.port, self.config.start_timeout,
                                                last_error or "none", self.config.log_file,
-                                               _tail(self.config.log_file))
+                                               process.tail(self.config.log_file, 20, "(no log)"))
                 )
             cancel.wait(0.05)
 
@@ -626,44 +603,34 @@ class PostgresServer:
 
     def stop(self, timeout: Optional[float] = None) -> Optional[int]:
         """`pg_ctl stop -m fast`, then wait for the postmaster; escalate if it hangs. Returns its exit code."""
-        process = self.process
-        if process is None:
+        postmaster = self.process
+        if postmaster is None:
             return self.returncode
         timeout = self.config.stop_timeout if timeout is None else timeout
-        if process.poll() is None:
-            LOG.info("event=server_stopping pid=%d mode=fast", process.pid)
+        if postmaster.poll() is None:
+            LOG.info("event=server_stopping pid=%d mode=fast", postmaster.pid)
             try:
                 self._run(self.identity, [self.bin_dir / "pg_ctl", "stop", "-D", self.config.data_dir,
                                           "-m", "fast", "-w", "-t", str(int(timeout))], "pg_ctl stop")
             except PostgresError as err:
                 LOG.warning("event=pg_ctl_stop_failed error=%r action=sigint", str(err))
-                process.send_signal(signal.SIGINT)
+                postmaster.send_signal(signal.SIGINT)
             try:
-                process.wait(timeout)
+                postmaster.wait(timeout)
             except subprocess.TimeoutExpired:
-                LOG.warning("event=server_killed pid=%d reason=no_exit_within_%.0fs", process.pid, timeout)
-                process.send_signal(signal.SIGQUIT)  # immediate shutdown: crash recovery on next start
+                LOG.warning("event=server_killed pid=%d reason=no_exit_within_%.0fs", postmaster.pid, timeout)
+                postmaster.send_signal(signal.SIGQUIT)  # immediate shutdown: crash recovery on next start
                 try:
-                    process.wait(10)
+                    postmaster.wait(10)
                 except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-        self.returncode = process.returncode
+                    postmaster.kill()
+                    postmaster.wait()
+        self.returncode = postmaster.returncode
         self.process = None
         if self._temporary_socket_dir and self.socket_dir:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
         LOG.info("event=server_stopped exit=%s clean=%s", self.returncode, self.returncode == 0)
         return self.returncode
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise SystemExit("%s=%r is not a number" % (name, value)) from None
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -691,7 +658,7 @@ def _build_parser() -> argparse.ArgumentParser:
             % (SUPERUSER, migrate.APP_ROLE, migrate.CDC_ROLE)
         ),
     )
-    parser.add_argument("--port", type=int, default=_env_int("DP_POSTGRES_PORT", DEFAULT_PORT),
+    parser.add_argument("--port", type=int, default=process.env_int("DP_POSTGRES_PORT", DEFAULT_PORT),
                         help="TCP port on 127.0.0.1; 0 picks a free one [env DP_POSTGRES_PORT, default %d]"
                              % DEFAULT_PORT)
     parser.add_argument("--state-dir", type=pathlib.Path,
@@ -797,7 +764,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if server.process is None or server.process.poll() is not None:
             code = server.stop()
             print("postgresql exited by itself with %s. Last lines of %s:\n%s"
-                  % (code, config.log_file, _tail(config.log_file)), file=sys.stderr)
+                  % (code, config.log_file, process.tail(config.log_file, 20, "(no log)")), file=sys.stderr)
             return 1
     code = server.stop()
     if code != 0:

@@ -17,7 +17,8 @@ import pytest
 from psycopg import errors
 
 from deploy.postgres import migrate
-from deploy.postgres.server import PostgresConfig, PostgresServer, only_uid0_mapped, port_is_open
+from deploy.common.process import port_is_open
+from deploy.postgres.server import PostgresConfig, PostgresServer, only_uid0_mapped
 from tests.fixtures.postgres_server import postgres_server, postgres_server_factory  # noqa: F401 (fixtures)
 
 PUBLISHED_TABLES = {"readings", "devices", "sites"}
