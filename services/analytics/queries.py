@@ -1,0 +1,379 @@
+"""The named, read-only queries the HTTP API serves. Clients choose a query and its parameters;
+they never send SQL.
+
+Every parameter is parsed and checked here (type, allowed values, ranges) and then bound by the
+store as a ClickHouse query parameter (`{name:Type}`), so no client text is ever part of a SQL
+string. Identifiers that depend on a parameter (which metric column to rank by) come from fixed
+maps in this module, never from the request. Every query reads with FINAL, so a window shows
+its latest version once, whatever versions or replays are stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import re
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from services.analytics.store import Store
+
+UTC = dt.timezone.utc
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+DURATION_PATTERN = re.compile(r"^([1-9][0-9]{0,5})([smhd])$")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_SPAN = dt.timedelta(days=31)
+EARLIEST = dt.datetime(1971, 1, 1, tzinfo=UTC)
+LATEST = dt.datetime(2200, 1, 1, tzinfo=UTC)
+
+# Public metric names -> the column prefix in iot_reading_aggregates.
+METRICS = {
+    "temperature": "temperature_celsius",
+    "humidity": "humidity_percent",
+    "pressure": "pressure_hpa",
+    "battery": "battery_percent",
+}
+STATS = ("max", "min", "mean")
+WINDOW_KINDS = ("tumbling", "hopping")
+SCOPES = ("device", "site")
+
+
+class BadRequest(ValueError):
+    """The request's parameters are wrong; `problems` says each thing to fix."""
+
+    def __init__(self, problems: Sequence[str]):
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # choice | key | time | int | duration | bool
+    help: str
+    required: bool = False
+    default: Any = None
+    choices: tuple = ()
+    minimum: int = 0
+    maximum: int = 0
+
+    def parse(self, raw: str) -> Any:
+        if self.kind == "choice":
+            if raw not in self.choices:
+                raise ValueError("must be one of %s, got %r" % ("|".join(self.choices), raw[:40]))
+            return raw
+        if self.kind == "key":
+            if not KEY_PATTERN.match(raw):
+                raise ValueError("must be 1-128 characters of A-Z a-z 0-9 . _ : @ - (starting with a letter or "
+                                 "digit), got %r" % raw[:40])
+            return raw
+        if self.kind == "int":
+            if not re.fullmatch(r"[0-9]{1,9}", raw):
+                raise ValueError("must be a whole number, got %r" % raw[:40])
+            value = int(raw)
+            if not self.minimum <= value <= self.maximum:
+                raise ValueError("must be between %d and %d, got %d" % (self.minimum, self.maximum, value))
+            return value
+        if self.kind == "bool":
+            if raw.lower() in ("true", "1", "yes"):
+                return True
+            if raw.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError("must be true or false, got %r" % raw[:40])
+        if self.kind == "duration":
+            match = DURATION_PATTERN.match(raw)
+            if not match:
+                raise ValueError("must be a duration like 90s, 15m, 1h or 7d, got %r" % raw[:40])
+            value = dt.timedelta(seconds=int(match.group(1)) * DURATION_UNITS[match.group(2)])
+            if not dt.timedelta(minutes=1) <= value <= MAX_SPAN:
+                raise ValueError("must be between 1m and 31d, got %s" % raw)
+            return value
+        if self.kind == "time":
+            return parse_time(raw)
+        raise AssertionError("unknown parameter kind %s" % self.kind)
+
+    def describe(self) -> dict:
+        out = {"name": self.name, "type": self.kind, "required": self.required, "help": self.help}
+        if self.choices:
+            out["choices"] = list(self.choices)
+        if self.kind == "int":
+            out["range"] = [self.minimum, self.maximum]
+        if self.default is not None and not callable(self.default):
+            out["default"] = str(self.default) if isinstance(self.default, dt.timedelta) else self.default
+        return out
+
+
+def parse_time(raw: str) -> dt.datetime:
+    """ISO 8601 (`2024-05-01T12:00:00Z`, an offset, or no zone meaning UTC) -> aware UTC datetime."""
+    if len(raw) > 40:
+        raise ValueError("must be an ISO 8601 time like 2024-05-01T12:00:00Z, got %r..." % raw[:40])
+    try:
+        value = dt.datetime.fromisoformat(raw.replace("z", "Z"))
+    except ValueError:
+        raise ValueError("must be an ISO 8601 time like 2024-05-01T12:00:00Z, got %r" % raw) from None
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if not EARLIEST <= value < LATEST:
+        raise ValueError("must be between 1971 and 2200, got %s" % raw)
+    return value
+
+
+def sql_time(value: dt.datetime) -> str:
+    """The text form of a DateTime64(3, 'UTC') query parameter."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.") + "%03d" % (value.microsecond // 1000)
+
+
+def iso_from_ms(ms: Optional[int]) -> Optional[str]:
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+    sql: str
+    params: dict  # name -> text value for a {name:Type} placeholder
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedQuery:
+    name: str
+    path: str
+    summary: str
+    params: tuple
+    render: Callable[[dict], Rendered]
+    # Result columns holding epoch milliseconds: returned as ISO 8601 under the name without `_ms`.
+    time_columns: tuple = ()
+
+    def validate(self, raw: Mapping[str, Sequence[str]], now: Callable[[], dt.datetime]) -> dict:
+        """Typed values for every parameter; BadRequest lists every problem at once."""
+        problems = []
+        known = {param.name for param in self.params}
+        for name in sorted(set(raw) - known):
+            problems.append("%s: unknown parameter (this query takes %s)" % (name[:40], ", ".join(sorted(known))))
+        values = {}
+        for param in self.params:
+            given = raw.get(param.name)
+            if given is None or given == [""]:
+                if param.required:
+                    problems.append("%s: required (%s)" % (param.name, param.help))
+                    continue
+                default = param.default
+                values[param.name] = default(now()) if callable(default) else default
+                continue
+            if len(given) != 1:
+                problems.append("%s: given %d times, expected once" % (param.name, len(given)))
+                continue
+            try:
+                values[param.name] = param.parse(given[0])
+            except ValueError as err:
+                problems.append("%s: %s" % (param.name, err))
+        if not problems:
+            problems.extend(_check_range(values, now))
+        if problems:
+            raise BadRequest(problems)
+        return values
+
+    def describe(self) -> dict:
+        return {"name": self.name, "path": self.path, "summary": self.summary,
+                "params": [param.describe() for param in self.params]}
+
+
+def _check_range(values: dict, now: Callable[[], dt.datetime]) -> list:
+    if "window" in values and "to" in values:
+        values["from"] = values["to"] - values.pop("window")
+    if "from" in values and "to" in values:
+        if values["to"] is None:
+            values["to"] = now()
+        if values["from"] is None:
+            values["from"] = values["to"] - dt.timedelta(hours=1)
+        if values["from"] >= values["to"]:
+            return ["from: must be before to (%s >= %s)" % (values["from"].isoformat(), values["to"].isoformat())]
+        if values["to"] - values["from"] > MAX_SPAN:
+            return ["from/to: span at most 31 days per request (page through longer ranges)"]
+    return []
+
+
+# --- the queries ---------------------------------------------------------------------------
+
+_WINDOW_COLUMNS = """
+    toUnixTimestamp64Milli(window_start) AS window_start_ms,
+    toUnixTimestamp64Milli(window_end) AS window_end_ms,
+    reading_count,
+    temperature_celsius_count, temperature_celsius_min, temperature_celsius_max, temperature_celsius_mean,
+    humidity_percent_count, humidity_percent_min, humidity_percent_max, humidity_percent_mean,
+    pressure_hpa_count, pressure_hpa_min, pressure_hpa_max, pressure_hpa_mean,
+    battery_percent_count, battery_percent_min, battery_percent_max, battery_percent_mean,
+    late_reading_count,
+    version,
+    toUnixTimestamp64Milli(emit_time) AS emit_time_ms,
+    window_closed"""
+
+AGGREGATES_SQL = """SELECT
+    scope, key_id, site_id, window_kind,""" + _WINDOW_COLUMNS + """
+FROM iot_reading_aggregates FINAL
+WHERE scope = {scope:String}
+  AND key_id = {key_id:String}
+  AND window_kind = {window_kind:String}
+  AND window_start >= {from:DateTime64(3, 'UTC')}
+  AND window_start < {to:DateTime64(3, 'UTC')}
+  AND (window_closed OR NOT {closed_only:Bool})
+ORDER BY window_start, window_end
+LIMIT {limit:UInt32}"""
+
+
+def _render_aggregates(v: dict) -> Rendered:
+    return Rendered(AGGREGATES_SQL, {
+        "scope": v["scope"], "key_id": v["key_id"], "window_kind": v["window_kind"],
+        "from": sql_time(v["from"]), "to": sql_time(v["to"]),
+        "closed_only": "true" if v["closed_only"] else "false", "limit": str(v["limit"]),
+    })
+
+
+SITES_LATEST_SQL = """SELECT
+    key_id AS site_id, window_kind,""" + _WINDOW_COLUMNS + """
+FROM iot_reading_aggregates FINAL
+WHERE scope = 'site'
+  AND window_kind = {window_kind:String}
+  AND (window_closed OR NOT {closed_only:Bool})
+  AND ({site_id:String} = '' OR key_id = {site_id:String})
+ORDER BY key_id, window_start DESC, window_end DESC
+LIMIT 1 BY key_id
+LIMIT {limit:UInt32}"""
+
+
+def _render_sites_latest(v: dict) -> Rendered:
+    return Rendered(SITES_LATEST_SQL, {
+        "window_kind": v["window_kind"], "closed_only": "true" if v["closed_only"] else "false",
+        "site_id": v["site_id"] or "", "limit": str(v["limit"]),
+    })
+
+
+DEVICES_TOP_TEMPLATE = """SELECT
+    key_id AS device_id,
+    any(a.site_id) AS site_id,
+    count() AS windows,
+    sum(reading_count) AS reading_count,
+    sum({metric}_count) AS value_count,
+    min({metric}_min) AS value_min,
+    max({metric}_max) AS value_max,
+    sum({metric}_sum) / sum({metric}_count) AS value_mean
+FROM iot_reading_aggregates AS a FINAL
+WHERE scope = 'device'
+  AND window_kind = {{window_kind:String}}
+  AND window_start >= {{from:DateTime64(3, 'UTC')}}
+  AND window_start < {{to:DateTime64(3, 'UTC')}}
+  AND {metric}_count > 0
+  -- qualified: the bare name would mean the any(...) alias above
+  AND ({{site_id:String}} = '' OR a.site_id = {{site_id:String}})
+GROUP BY key_id
+ORDER BY value_{stat} {order}, device_id
+LIMIT {{limit:UInt32}}"""
+
+
+def devices_top_sql(metric: str, stat: str, order: str) -> str:
+    # The three inputs are checked against fixed sets; the identifiers come from those sets.
+    if metric not in METRICS or stat not in STATS or order not in ("desc", "asc"):
+        raise ValueError("unknown metric/stat/order %r/%r/%r" % (metric, stat, order))
+    return DEVICES_TOP_TEMPLATE.format(metric=METRICS[metric], stat=stat, order=order.upper())
+
+
+def _render_devices_top(v: dict) -> Rendered:
+    return Rendered(devices_top_sql(v["metric"], v["stat"], v["order"]), {
+        "window_kind": v["window_kind"], "from": sql_time(v["from"]), "to": sql_time(v["to"]),
+        "site_id": v["site_id"] or "", "limit": str(v["limit"]),
+    })
+
+
+def _now(now: dt.datetime) -> dt.datetime:
+    return now
+
+
+WINDOW_KIND = Param("window_kind", "choice", "tumbling (1 min) or hopping (5 min every 1 min)",
+                    default="tumbling", choices=WINDOW_KINDS)
+
+AGGREGATES = NamedQuery(
+    name="iot_aggregates",
+    path="/api/v1/iot/aggregates",
+    summary="Latest version of every window of one device or site in [from, to), by window start.",
+    params=(
+        Param("scope", "choice", "device or site", required=True, choices=SCOPES),
+        Param("key_id", "key", "the device id (scope=device) or site id (scope=site)", required=True),
+        WINDOW_KIND,
+        Param("from", "time", "inclusive window start, ISO 8601 (default: to - 1h)"),
+        Param("to", "time", "exclusive window start bound, ISO 8601 (default: now)"),
+        Param("closed_only", "bool", "only windows whose grace period ended", default=False),
+        Param("limit", "int", "most rows returned", default=1000, minimum=1, maximum=10_000),
+    ),
+    render=_render_aggregates,
+    time_columns=("window_start_ms", "window_end_ms", "emit_time_ms"),
+)
+
+SITES_LATEST = NamedQuery(
+    name="iot_sites_latest",
+    path="/api/v1/iot/sites/latest",
+    summary="The most recent window of every site (closed windows only unless closed_only=false).",
+    params=(
+        WINDOW_KIND,
+        Param("closed_only", "bool", "only windows whose grace period ended", default=True),
+        Param("site_id", "key", "one site only"),
+        Param("limit", "int", "most sites returned", default=100, minimum=1, maximum=1000),
+    ),
+    render=_render_sites_latest,
+    time_columns=("window_start_ms", "window_end_ms", "emit_time_ms"),
+)
+
+DEVICES_TOP = NamedQuery(
+    name="iot_devices_top",
+    path="/api/v1/iot/devices/top",
+    summary="Devices ranked by a metric's max, min or mean over the windows starting in [to - window, to).",
+    params=(
+        Param("metric", "choice", "which reading", required=True, choices=tuple(METRICS)),
+        Param("stat", "choice", "rank by the max, min or mean over the period", default="max", choices=STATS),
+        Param("order", "choice", "desc (highest first) or asc", default="desc", choices=("desc", "asc")),
+        Param("window", "duration", "look-back period, e.g. 15m, 1h, 7d", default=dt.timedelta(hours=1)),
+        Param("to", "time", "end of the period, ISO 8601 (default: now)", default=_now),
+        WINDOW_KIND,
+        Param("site_id", "key", "devices of one site only"),
+        Param("limit", "int", "most devices returned", default=10, minimum=1, maximum=1000),
+    ),
+    render=_render_devices_top,
+)
+
+ALL = (AGGREGATES, SITES_LATEST, DEVICES_TOP)
+BY_PATH = {query.path: query for query in ALL}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    return value
+
+
+def run(store: Store, query: NamedQuery, values: dict) -> dict:
+    """Runs a validated query; a JSON-ready answer with ISO times."""
+    rendered = query.render(values)
+    started = time.monotonic()
+    result = store.query(rendered.sql, rendered.params)
+    elapsed_ms = (time.monotonic() - started) * 1000
+    rows = []
+    for row in result.dicts():
+        out = {}
+        for column, value in row.items():
+            if column in query.time_columns:
+                out[column[:-3]] = iso_from_ms(value)
+            else:
+                out[column] = _json_value(value)
+        rows.append(out)
+    echo = {}
+    for name, value in values.items():
+        if isinstance(value, dt.datetime):
+            echo[name] = value.isoformat().replace("+00:00", "Z")
+        elif isinstance(value, dt.timedelta):
+            echo[name] = "%ds" % value.total_seconds()
+        else:
+            echo[name] = value
+    return {"query": query.name, "params": echo, "row_count": len(rows), "rows": rows,
+            "store_ms": round(elapsed_ms, 2)}

@@ -1,0 +1,365 @@
+"""Kafka → analytics store: batches of aggregates stored idempotently, then committed.
+
+One loop per process (the store has a single owner):
+
+    consume (read_committed, no auto commit)
+      → records.decode each record; malformed → `<topic>.dlq` with the reason (stage analytics-sink);
+        decodable but meaningless (unspecified scope, no key, version 0, ...) → DLQ as invalid-aggregate
+      → batch (size or age)
+      → insert the original bytes in ClickHouse's Protobuf format into the target's ingest table
+        (a Null table whose materialized view writes the ReplacingMergeTree table)
+      → insert the batch's offset ranges into `ingest_offsets`
+      → flush dead letters, commit offsets.
+
+A crash anywhere before the commit replays the batch. Replayed rows carry the same `version`
+as the stored ones, so ReplacingMergeTree collapses them and every reader's FINAL hides them
+before that; and on assignment the sink resumes after the last offset range the store
+recorded, so a batch whose rows and range were stored is not even re-inserted.
+See docs/adr/0007-analytics-store.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Callable, Optional
+
+from confluent_kafka import OFFSET_STORED, KafkaError, TopicPartition
+from google.protobuf.message import Message
+
+from datapipelines import kafka, records, topics
+from services.analytics import protobuf_schema
+from services.analytics.metrics import Metrics
+from services.analytics.store import Store, StoreError
+
+LOG = logging.getLogger("analytics.sink")
+
+STAGE = "analytics-sink"
+INVALID = "invalid-aggregate"
+STORE_REJECTED = "store-rejected"
+
+# Test-only fault injection (the kill -9 tests): DP_ANALYTICS_CRASH_POINT=<point>:<batch number>
+# SIGKILLs the process at that point of that batch. Points, in order within a batch:
+CRASH_POINTS = ("after-data-insert", "after-offsets-insert", "after-commit")
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkTarget:
+    """A topic and the ingest table its records go to, with the checks a decoded record must pass."""
+
+    topic: topics.Topic
+    ingest_table: str
+    stored_table: str
+    validate: Callable[[Message], Optional[str]]  # a problem description, or None when the record is usable
+
+    @property
+    def message_descriptor(self):
+        return self.topic.message_class().DESCRIPTOR
+
+    def insert_schema(self) -> tuple:
+        descriptor = self.message_descriptor
+        return protobuf_schema.render(descriptor), protobuf_schema.flat_name(descriptor)
+
+
+def validate_reading_aggregate(message) -> Optional[str]:
+    """Why a decoded ReadingAggregate cannot be stored, or None (contract: UNSPECIFIED is rejected)."""
+    problems = []
+    if message.scope not in (1, 2):
+        problems.append("scope %d is not DEVICE or SITE" % message.scope)
+    if not message.key_id:
+        problems.append("key_id is empty")
+    if message.window_kind not in (1, 2):
+        problems.append("window_kind %d is not TUMBLING or HOPPING" % message.window_kind)
+    if not message.HasField("window_start_time") or not message.HasField("window_end_time"):
+        problems.append("window_start_time and window_end_time are required")
+    elif (message.window_end_time.seconds, message.window_end_time.nanos) <= (
+            message.window_start_time.seconds, message.window_start_time.nanos):
+        problems.append("window_end_time is not after window_start_time")
+    if message.version == 0:
+        problems.append("version is 0 (versions start at 1)")
+    return "; ".join(problems) or None
+
+
+IOT_AGGREGATES = SinkTarget(
+    topic=topics.IOT_AGGREGATES,
+    ingest_table="iot_reading_aggregates_ingest",
+    stored_table="iot_reading_aggregates",
+    validate=validate_reading_aggregate,
+)
+
+
+@dataclasses.dataclass
+class _Range:
+    first: int
+    last: int
+    rows: int = 0
+    dead_letters: int = 0
+
+
+class Batch:
+    def __init__(self):
+        self.values: list = []
+        self.sources: list = []  # the consumed record of each value (for dead-lettering store rejects)
+        self.ranges: dict = {}  # (topic, partition) -> _Range
+        self.started = time.monotonic()
+
+    def note(self, topic: str, partition: int, offset: int, stored: bool) -> None:
+        span = self.ranges.get((topic, partition))
+        if span is None:
+            span = self.ranges[(topic, partition)] = _Range(offset, offset)
+        span.first, span.last = min(span.first, offset), max(span.last, offset)
+        if stored:
+            span.rows += 1
+        else:
+            span.dead_letters += 1
+
+    def __len__(self) -> int:
+        return sum(span.rows + span.dead_letters for span in self.ranges.values())
+
+
+def describe_ranges(batch: Batch) -> str:
+    return ",".join("%s[%d]@%d-%d" % (t, p, s.first, s.last) for (t, p), s in sorted(batch.ranges.items()))
+
+
+class CrashPoint:
+    """Kills the process with SIGKILL at a named point of the n-th batch (tests only)."""
+
+    def __init__(self, spec: Optional[str]):
+        self.point, self.batch = None, 0
+        if spec:
+            point, _, number = spec.partition(":")
+            if point not in CRASH_POINTS or not number.isdigit():
+                raise ValueError("DP_ANALYTICS_CRASH_POINT=%r: want <%s>:<batch number>" % (spec, "|".join(CRASH_POINTS)))
+            self.point, self.batch = point, int(number)
+
+    def check(self, point: str, batch_number: int, ranges: str = "") -> None:
+        if point == self.point and batch_number == self.batch:
+            LOG.warning("event=crash_point point=%s batch=%d ranges=%s action=SIGKILL", point, batch_number, ranges)
+            logging.shutdown()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Sink:
+    def __init__(self, store: Store, consumer, producer, target: SinkTarget, group: str, metrics: Metrics,
+                 batch_size: int = 50_000, batch_max_seconds: float = 0.5, crash_point: Optional[str] = None):
+        self.store = store
+        self.consumer = consumer
+        self.producer = producer
+        self.target = target
+        self.group = group
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.batch_max_seconds = batch_max_seconds
+        self.crash = CrashPoint(crash_point)
+        self.schema, self.message_name = target.insert_schema()
+        self.batch = Batch()
+        self.batches_stored = 0
+        self.assignment: list = []
+        self._assigned = threading.Event()
+
+    # --- assignment ----------------------------------------------------------------------
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe([self.target.topic.name], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+
+    @property
+    def assigned(self) -> bool:
+        return self._assigned.is_set()
+
+    def stored_offsets(self) -> dict:
+        """partition -> last offset the store recorded for this group and topic."""
+        result = self.store.query(
+            "SELECT kafka_partition, max(last_offset) AS last_offset FROM ingest_offsets"
+            " WHERE consumer_group = {group:String} AND topic = {topic:String} GROUP BY kafka_partition",
+            {"group": self.group, "topic": self.target.topic.name},
+        )
+        return {int(partition): int(last) for partition, last in result.rows}
+
+    def _on_assign(self, consumer, partitions) -> None:
+        stored = self.stored_offsets()
+        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=30)}
+        for tp in partitions:
+            resume = stored.get(tp.partition)
+            if resume is not None and resume + 1 > committed.get(tp.partition, -1):
+                skipped = resume + 1 - max(committed.get(tp.partition, 0), 0)
+                tp.offset = resume + 1
+                self.metrics.skipped_replays.labels(self.target.topic.name).inc(max(skipped, 0))
+                LOG.info("event=resume_from_store topic=%s partition=%d offset=%d committed=%d",
+                         tp.topic, tp.partition, tp.offset, committed.get(tp.partition, -1))
+            else:
+                tp.offset = OFFSET_STORED
+        consumer.assign(partitions)
+        self.assignment = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        self._assigned.set()
+        LOG.info("event=partitions_assigned topic=%s partitions=%s", self.target.topic.name,
+                 ",".join(str(tp.partition) for tp in partitions))
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        # Store and commit what was read from these partitions while they are still ours.
+        self.flush()
+        consumer.unassign()
+        self.assignment = []
+        self._assigned.clear()
+        LOG.info("event=partitions_revoked partitions=%s", ",".join(str(tp.partition) for tp in partitions))
+
+    def _on_lost(self, consumer, partitions) -> None:
+        # Another member may own them already: do not commit; the batch is replayed by its owner
+        # (and collapses by version if both stored it).
+        self.batch = Batch()
+        self.assignment = []
+        self._assigned.clear()
+        LOG.warning("event=partitions_lost partitions=%s", ",".join(str(tp.partition) for tp in partitions))
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until `stop` is set, then store and commit what was read."""
+        self.subscribe()
+        LOG.info("event=sink_started topic=%s group=%s batch_size=%d batch_max_ms=%d",
+                 self.target.topic.name, self.group, self.batch_size, self.batch_max_seconds * 1000)
+        while not stop.is_set():
+            room = self.batch_size - len(self.batch)
+            wait = max(0.01, min(0.2, self.batch_max_seconds - (time.monotonic() - self.batch.started)))
+            for record in self.consumer.consume(num_messages=max(1, min(room, 10_000)), timeout=wait):
+                self.accept(record)
+            if len(self.batch) >= self.batch_size or (
+                    len(self.batch) and time.monotonic() - self.batch.started >= self.batch_max_seconds):
+                self.flush()
+            elif not len(self.batch):
+                self.batch.started = time.monotonic()
+        self.flush()
+        LOG.info("event=sink_stopped batches=%d", self.batches_stored)
+
+    def accept(self, record) -> None:
+        error = record.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                return
+            if error.fatal():
+                raise RuntimeError("fatal Kafka consumer error: %s" % error)
+            LOG.warning("event=consumer_error error=%s", error)
+            return
+        topic = self.target.topic
+        try:
+            message = records.decode(topic, record.value(), record.headers())
+        except records.MalformedRecord as malformed:
+            # The shared path writes the dead letter (original bytes + reason headers).
+            kafka.decode_or_dead_letter(self.producer, topic, record, STAGE)
+            self.metrics.dead_letters.labels(topic.name, malformed.reason).inc()
+            self.batch.note(record.topic(), record.partition(), record.offset(), stored=False)
+            return
+        problem = self.target.validate(message)
+        if problem is not None:
+            self.dead_letter(record, records.MalformedRecord(INVALID, problem))
+            return
+        self.batch.values.append(record.value())
+        self.batch.sources.append(record)
+        self.batch.note(record.topic(), record.partition(), record.offset(), stored=True)
+
+    def dead_letter(self, record, error: records.MalformedRecord, in_batch: bool = False) -> None:
+        dlq = kafka.dead_letter_topic(self.target.topic)
+        headers = records.dead_letter_headers(error, record.topic(), record.partition(), record.offset(), STAGE,
+                                              record.headers())
+        LOG.warning("event=dead_lettered topic=%s partition=%d offset=%d reason=%s detail=%r",
+                    record.topic(), record.partition(), record.offset(), error.reason, error.detail)
+        while True:
+            try:
+                self.producer.produce(dlq.name, value=record.value(), key=record.key(), headers=headers)
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self.metrics.dead_letters.labels(self.target.topic.name, error.reason).inc()
+        if not in_batch:
+            self.batch.note(record.topic(), record.partition(), record.offset(), stored=False)
+
+    # --- storing -------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Store the batch, record its offset ranges, flush dead letters, commit. No-op when empty."""
+        batch = self.batch
+        if not batch.ranges:
+            return
+        topic = self.target.topic.name
+        number = self.batches_stored + 1
+        started = time.monotonic()
+        try:
+            if batch.values:
+                self.insert_values(batch)
+            self.crash.check("after-data-insert", number, describe_ranges(batch))
+            self.store.insert_rows(
+                "ingest_offsets",
+                ("consumer_group", "topic", "kafka_partition", "first_offset", "last_offset", "row_count",
+                 "dead_letter_count"),
+                [(self.group, t, p, span.first, span.last, span.rows, span.dead_letters)
+                 for (t, p), span in sorted(batch.ranges.items())],
+            )
+        except StoreError:
+            self.metrics.batches.labels(topic, "failed").inc()
+            raise
+        elapsed = time.monotonic() - started
+        self.crash.check("after-offsets-insert", number, describe_ranges(batch))
+        pending = self.producer.flush(30)
+        if pending:
+            raise RuntimeError("%d dead letters still unsent after 30 s: not committing (is the broker up?)" % pending)
+        self.consumer.commit(
+            offsets=[TopicPartition(t, p, span.last + 1) for (t, p), span in sorted(batch.ranges.items())],
+            asynchronous=False,
+        )
+        self.crash.check("after-commit", number, describe_ranges(batch))
+        self.batches_stored = number
+        self.batch = Batch()
+        rows = sum(span.rows for span in batch.ranges.values())
+        self.metrics.batches.labels(topic, "stored").inc()
+        self.metrics.batch_rows.labels(topic).observe(rows)
+        self.metrics.rows_inserted.labels(self.target.stored_table).inc(rows)
+        self.metrics.insert_seconds.labels(self.target.stored_table).observe(elapsed)
+        self.update_lag()
+        LOG.info("event=batch_stored batch=%d rows=%d dead_letters=%d ranges=%s insert_ms=%.1f",
+                 number, rows, sum(s.dead_letters for s in batch.ranges.values()),
+                 describe_ranges(batch), elapsed * 1000)
+
+    def insert_values(self, batch: Batch) -> None:
+        try:
+            self.store.insert_protobuf(self.target.ingest_table, self.schema, self.message_name,
+                                       protobuf_schema.frame(batch.values))
+            return
+        except StoreError as err:
+            if not self.store.ping():
+                raise
+            LOG.warning("event=batch_rejected rows=%d error=%r action=insert_one_by_one", len(batch.values), str(err))
+        # The store is up but refused the batch: find the records it refuses and dead-letter them.
+        # (Rows of the failed batch that did land are re-inserted here and collapse by version.)
+        rejected = []
+        for index, value in enumerate(batch.values):
+            try:
+                self.store.insert_protobuf(self.target.ingest_table, self.schema, self.message_name,
+                                           protobuf_schema.frame([value]))
+            except StoreError as err:
+                rejected.append((index, str(err)))
+        if len(rejected) == len(batch.values):
+            raise StoreError("the store refused every record of the batch one by one: %s" % rejected[0][1])
+        for index, detail in rejected:
+            record = batch.sources[index]
+            # Passed decoding yet refused by the store: the store and the contract disagree.
+            self.dead_letter(record, records.MalformedRecord(STORE_REJECTED, detail[:1500]), in_batch=True)
+            span = batch.ranges[(record.topic(), record.partition())]
+            span.rows, span.dead_letters = span.rows - 1, span.dead_letters + 1
+
+    def update_lag(self) -> None:
+        if not self.assignment:
+            return
+        try:
+            positions = self.consumer.position(self.assignment)
+        except Exception:  # lag is best effort
+            return
+        for tp in positions:
+            if tp.offset < 0:
+                continue
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(high - tp.offset, 0))
