@@ -7,7 +7,7 @@ import pytest
 
 
 def main() -> int:
-    args = ["-p", "no:cacheprovider", "-q", "-rfEs"]
+    args = ["-p", "no:cacheprovider", "-q", "-rfEsP"]  # P: what passing tests printed (timings, figures) stays in the log
     if os.environ.get("XML_OUTPUT_FILE"):
         args.append("--junitxml=" + os.environ["XML_OUTPUT_FILE"])
     if os.environ.get("TEST_TMPDIR"):  # keep tmp_path inside the test's own directory, not /tmp
