@@ -32,7 +32,14 @@ EXPECTED_COLUMNS = {
                          "battery_percent_min", "late_reading_count", "version", "window_closed"],
     ("dp-iot-live", 4): ["time", "site_id", "late_readings"],
     ("dp-iot-live", 5): ["late_readings", "readings"],
+    ("dp-behaviour-live", 1): ["time", "event_type", "events_per_min"],
+    ("dp-behaviour-live", 2): ["time", "active_users", "active_sessions"],
+    ("dp-behaviour-live", 3): ["time", "sessions", "converted_sessions"],
+    ("dp-behaviour-live", 4): ["sessions", "conversion_rate", "mean_duration_s"],
+    ("dp-behaviour-live", 5): ["stage", "sessions", "rate_from_visit", "rate_from_previous"],
+    ("dp-behaviour-live", 6): ["page_path", "events", "peak_window_users"],
 }
+BEHAVIOUR_SEED = 4
 
 
 def provisioned_datasources():
@@ -90,6 +97,14 @@ def expand(sql, variables, interval_s=60):
     return sql
 
 
+def behaviour_metrics():
+    return testing.behaviour_stream(minutes=10, versions=2, seed=BEHAVIOUR_SEED, kinds=(1, 2))
+
+
+def sessions():
+    return testing.session_stream(sessions=30, versions=2, seed=BEHAVIOUR_SEED)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     opened = ChdbStore(tmp_path_factory.mktemp("grafana") / "analytics")
@@ -98,6 +113,10 @@ def store(tmp_path_factory):
     schema, name = sink.IOT_AGGREGATES.insert_schema()
     opened.insert_protobuf(sink.IOT_AGGREGATES.ingest_table, schema, name,
                            protobuf_schema.frame([m.SerializeToString() for m in messages]))
+    for target, values in ((sink.BEHAVIOUR_METRICS, behaviour_metrics()), (sink.BEHAVIOUR_SESSIONS, sessions())):
+        schema, name = target.insert_schema()
+        opened.insert_protobuf(target.ingest_table, schema, name,
+                               protobuf_schema.frame([m.SerializeToString() for m in values]))
     yield opened
     opened.close()
 
@@ -163,6 +182,36 @@ def test_readings_per_minute_panel_equals_an_independent_sum(store):
     messages = testing.stream(devices=6, sites=3, minutes=10, versions=2, seed=4, kinds=(1, 2))
     want = sum(m.reading_count for m in testing.latest(messages).values()
                if m.scope == 2 and m.window_kind == 1 and m.key_id == "site-1")
-    _, panel = next((d, p) for d, p in panels() if p["id"] == 1)
+    _, panel = next((d, p) for d, p in panels() if d["uid"] == "dp-iot-live" and p["id"] == 1)
     result = store.query(expand(panel["targets"][0]["rawSql"], {"site": ["site-1"]}, 60))
     assert want > 0 and sum(row[2] for row in result.rows) == want
+
+
+def behaviour_panel(panel_id):
+    _, panel = next((d, p) for d, p in panels() if d["uid"] == "dp-behaviour-live" and p["id"] == panel_id)
+    return panel["targets"][0]["rawSql"]
+
+
+def test_behaviour_events_per_minute_panel_equals_an_independent_sum(store):
+    latest = testing.latest_by(behaviour_metrics(), testing.metric_identity).values()
+    want = {}
+    for m in latest:
+        if m.dimension == 2 and m.window_kind == 1:
+            name = m.dimension_value.replace("USER_EVENT_TYPE_", "")
+            want[name] = want.get(name, 0) + m.event_count
+    result = store.query(expand(behaviour_panel(1), {}, 60))
+    got = {}
+    for _, event_type, per_minute in result.rows:
+        got[event_type] = got.get(event_type, 0) + per_minute
+    assert got == want and len(want) == len(testing.EVENT_TYPES)
+
+
+def test_behaviour_session_panels_equal_an_independent_computation(store):
+    latest = list(testing.latest_by(sessions(), testing.session_identity).values())
+    result = store.query(expand(behaviour_panel(4), {}, 60))
+    count, rate, duration = result.rows[0]
+    assert count == len(latest) == 30
+    assert rate == pytest.approx(sum(m.converted for m in latest) / 30)
+    assert duration == pytest.approx(sum(testing.session_duration_ms(m) for m in latest) / 30 / 1000)
+    funnel = store.query(expand(behaviour_panel(5), {}, 60))
+    assert [row[1] for row in funnel.rows] == [sum(1 for m in latest if m.funnel_stage >= n) for n in range(1, 6)]

@@ -22,6 +22,11 @@ def api(tmp_path_factory):
     schema, name = sink.IOT_AGGREGATES.insert_schema()
     store.insert_protobuf(sink.IOT_AGGREGATES.ingest_table, schema, name,
                           protobuf_schema.frame([m.SerializeToString() for m in messages]))
+    for target, values in ((sink.BEHAVIOUR_METRICS, testing.behaviour_stream(minutes=3, versions=2)),
+                           (sink.BEHAVIOUR_SESSIONS, testing.session_stream(sessions=10, versions=2))):
+        schema, name = target.insert_schema()
+        store.insert_protobuf(target.ingest_table, schema, name,
+                              protobuf_schema.frame([m.SerializeToString() for m in values]))
     consuming = {"assigned": True}
     app = http_api.Api(store, Metrics(), lambda: consuming["assigned"], now=lambda: NOW)
     server = http_api.make_server(app, "127.0.0.1", 0)
@@ -74,6 +79,38 @@ def test_bad_parameters_are_400_with_every_problem(api):
         "metric: required (which reading)"]
 
 
+def test_behaviour_routes(api):
+    base, _, _ = api
+    window = "from=2023-11-14T22:00:00Z&to=2023-11-14T23:00:00Z"
+    status, body = get_json(base + "/api/v1/behaviour/metrics?dimension=page_path&window_kind=tumbling&"
+                            + window + "&limit=5")
+    assert status == 200 and body["query"] == "behaviour_metrics" and body["row_count"] == 5
+    assert body["rows"][0]["window_start"] == "2023-11-14T22:14:00.000Z" and body["rows"][0]["version"] == 2
+    status, body = get_json(base + "/api/v1/behaviour/metrics?dimension=page_path&dimension_value=%2Fcart&" + window)
+    assert status == 200 and [r["dimension_value"] for r in body["rows"]] == ["/cart"] * 3
+    status, body = get_json(base + "/api/v1/behaviour/sessions/summary?" + window)
+    assert status == 200 and body["row_count"] == 1 and body["rows"][0]["sessions"] == 10
+    assert set(body["rows"][0]) >= {"converted_sessions", "conversion_rate", "mean_duration_seconds"}
+    status, body = get_json(base + "/api/v1/behaviour/funnel?" + window)
+    assert status == 200 and [r["stage"] for r in body["rows"]] == ["visit", "product_view", "cart", "checkout",
+                                                                     "purchase"]
+    status, body = get_json(base + "/api/v1/behaviour/top-pages?order_by=users&limit=2&" + window)
+    assert status == 200 and body["row_count"] == 2 and body["params"]["order_by"] == "users"
+    status, body = get_json(base + "/api/v1/behaviour/sessions?" + window)
+    assert status == 200 and body["row_count"] == 10
+
+
+def test_behaviour_bad_parameters_are_400_with_every_problem(api):
+    base, _, _ = api
+    status, body = get_json(base + "/api/v1/behaviour/metrics?dimension=browser&window_kind=session&limit=x")
+    assert status == 400 and body["query"] == "behaviour_metrics" and len(body["problems"]) == 3, body
+    status, body = get_json(base + "/api/v1/behaviour/funnel?from=2023-11-14T23:00:00Z&to=2023-11-14T22:00:00Z")
+    assert status == 400 and body["problems"] == [
+        "from: must be before to (2023-11-14T23:00:00+00:00 >= 2023-11-14T22:00:00+00:00)"]
+    status, body = get_json(base + "/api/v1/behaviour/top-pages?order_by=revenue&sql=1")
+    assert status == 400 and len(body["problems"]) == 2
+
+
 def test_unknown_routes_and_methods(api):
     base, _, _ = api
     status, body = get_json(base + "/api/v1/sql?q=SELECT+1")
@@ -87,7 +124,10 @@ def test_unknown_routes_and_methods(api):
 def test_catalogue(api):
     base, _, _ = api
     status, body = get_json(base + "/api/v1/queries")
-    assert status == 200 and len(body["queries"]) == 3
+    assert status == 200 and len(body["queries"]) == 8
+    assert {q["path"] for q in body["queries"]} >= {
+        "/api/v1/behaviour/metrics", "/api/v1/behaviour/sessions/summary", "/api/v1/behaviour/funnel",
+        "/api/v1/behaviour/top-pages"}
 
 
 def test_health_readiness_and_metrics(api):

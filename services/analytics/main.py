@@ -52,9 +52,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     LOG.info("event=store_ready %s migrations_applied=%s", store.describe(), ",".join(applied) or "none")
 
-    target = sink.IOT_AGGREGATES
+    targets = sink.TARGETS
+    wanted = [t.topic for t in targets] + [kafka.dead_letter_topic(t.topic) for t in targets]
     try:
-        kafka.ensure_topics(settings.bootstrap, [target.topic, kafka.dead_letter_topic(target.topic)], timeout=15)
+        kafka.ensure_topics(settings.bootstrap, wanted, timeout=15)
     except Exception as err:
         LOG.error("event=kafka_unreachable bootstrap=%s error=%r hint=%r", settings.bootstrap, str(err),
                   "start a broker: bazel run //deploy/kafka:broker, or set --bootstrap")
@@ -66,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         settings.bootstrap, settings.group,
         **{"client.id": "analytics-sink", "group.instance.id": settings.instance_id, "max.poll.interval.ms": 300_000}))
     producer = Producer(kafka.producer_config(settings.bootstrap, **{"client.id": "analytics-dlq"}))
-    the_sink = sink.Sink(store, consumer, producer, target, settings.group, metrics,
+    the_sink = sink.Sink(store, consumer, producer, targets, settings.group, metrics,
                          batch_size=settings.batch_size, batch_max_seconds=settings.batch_max_ms / 1000,
                          crash_point=settings.crash_point)
     api = http_api.Api(store, metrics, lambda: the_sink.assigned)

@@ -37,6 +37,11 @@ METRICS = {
 STATS = ("max", "min", "mean")
 WINDOW_KINDS = ("tumbling", "hopping")
 SCOPES = ("device", "site")
+# MetricDimension values as the behaviour_metrics table spells them.
+DIMENSIONS = ("all", "event_type", "page_path", "device_category")
+# Public ranking names of the top-pages query -> the result column ordered by (fixed map).
+TOP_PAGES_ORDER = {"events": "events", "users": "peak_window_users", "sessions": "peak_window_sessions"}
+MAX_TEXT = 256
 
 
 class BadRequest(ValueError):
@@ -50,7 +55,7 @@ class BadRequest(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Param:
     name: str
-    kind: str  # choice | key | time | int | duration | bool
+    kind: str  # choice | key | text | time | int | duration | bool
     help: str
     required: bool = False
     default: Any = None
@@ -67,6 +72,14 @@ class Param:
             if not KEY_PATTERN.match(raw):
                 raise ValueError("must be 1-128 characters of A-Z a-z 0-9 . _ : @ - (starting with a letter or "
                                  "digit), got %r" % raw[:40])
+            return raw
+        if self.kind == "text":
+            # Free text (page paths, enum value names): bound as a parameter, so only length and
+            # control characters are restricted.
+            if not 1 <= len(raw) <= MAX_TEXT:
+                raise ValueError("must be 1-%d characters, got %d" % (MAX_TEXT, len(raw)))
+            if any(ord(char) < 0x20 or ord(char) == 0x7F for char in raw):
+                raise ValueError("must not contain control characters")
             return raw
         if self.kind == "int":
             if not re.fullmatch(r"[0-9]{1,9}", raw):
@@ -340,7 +353,230 @@ DEVICES_TOP = NamedQuery(
     render=_render_devices_top,
 )
 
-ALL = (AGGREGATES, SITES_LATEST, DEVICES_TOP)
+# --- behaviour -----------------------------------------------------------------------------
+
+BEHAVIOUR_METRICS_SQL = """SELECT
+    window_kind,
+    toUnixTimestamp64Milli(window_start) AS window_start_ms,
+    toUnixTimestamp64Milli(window_end) AS window_end_ms,
+    dimension,
+    dimension_value,
+    event_count,
+    unique_user_count,
+    unique_session_count,
+    late_event_count,
+    version,
+    toUnixTimestamp64Milli(emit_time) AS emit_time_ms,
+    window_closed
+FROM behaviour_metrics FINAL
+WHERE dimension = {dimension:String}
+  AND window_kind = {window_kind:String}
+  AND window_start >= {from:DateTime64(3, 'UTC')}
+  AND window_start < {to:DateTime64(3, 'UTC')}
+  AND ({dimension_value:String} = '' OR dimension_value = {dimension_value:String})
+  AND (window_closed OR NOT {closed_only:Bool})
+ORDER BY window_start, window_end, dimension_value
+LIMIT {limit:UInt32}"""
+
+
+def _render_behaviour_metrics(v: dict) -> Rendered:
+    return Rendered(BEHAVIOUR_METRICS_SQL, {
+        "dimension": v["dimension"], "window_kind": v["window_kind"],
+        "from": sql_time(v["from"]), "to": sql_time(v["to"]), "dimension_value": v["dimension_value"] or "",
+        "closed_only": "true" if v["closed_only"] else "false", "limit": str(v["limit"]),
+    })
+
+
+# Sessions are selected by their start (event time) in [from, to).
+_SESSIONS_IN_RANGE = """session_start >= {from:DateTime64(3, 'UTC')}
+  AND session_start < {to:DateTime64(3, 'UTC')}"""
+
+BEHAVIOUR_SESSIONS_SQL = """SELECT
+    session_id,
+    user_id,
+    anonymous_id,
+    toUnixTimestamp64Milli(session_start) AS session_start_ms,
+    toUnixTimestamp64Milli(session_end) AS session_end_ms,
+    (toUnixTimestamp64Milli(session_end) - toUnixTimestamp64Milli(session_start)) / 1000 AS duration_seconds,
+    event_count,
+    page_view_count,
+    unique_page_count,
+    landing_page_path,
+    exit_page_path,
+    funnel_stage,
+    converted,
+    version,
+    toUnixTimestamp64Milli(emit_time) AS emit_time_ms
+FROM behaviour_sessions FINAL
+WHERE """ + _SESSIONS_IN_RANGE + """
+  AND ({user:String} = '' OR user_id = {user:String} OR anonymous_id = {user:String})
+  AND (converted OR NOT {converted_only:Bool})
+ORDER BY session_start, session_id
+LIMIT {limit:UInt32}"""
+
+
+def _render_behaviour_sessions(v: dict) -> Rendered:
+    return Rendered(BEHAVIOUR_SESSIONS_SQL, {
+        "from": sql_time(v["from"]), "to": sql_time(v["to"]), "user": v["user"] or "",
+        "converted_only": "true" if v["converted_only"] else "false", "limit": str(v["limit"]),
+    })
+
+
+# count()/avg() over no rows give 0/0 and nan: the API returns null for those.
+SESSIONS_SUMMARY_SQL = """SELECT
+    count() AS sessions,
+    countIf(converted) AS converted_sessions,
+    countIf(converted) / count() AS conversion_rate,
+    avg(toUnixTimestamp64Milli(session_end) - toUnixTimestamp64Milli(session_start)) / 1000 AS mean_duration_seconds,
+    sum(event_count) AS events,
+    avg(event_count) AS mean_events_per_session,
+    uniqExact(if(user_id != '', user_id, anonymous_id)) AS unique_users
+FROM behaviour_sessions FINAL
+WHERE """ + _SESSIONS_IN_RANGE
+
+
+def _render_range(sql: str) -> Callable[[dict], Rendered]:
+    def render(v: dict) -> Rendered:
+        return Rendered(sql, {"from": sql_time(v["from"]), "to": sql_time(v["to"])})
+    return render
+
+
+# The metric rows count events per type, not sessions per stage, so the funnel comes from the
+# sessions' furthest stage: a session that reached CHECKOUT counts for VISIT..CHECKOUT
+# (FunnelStage numbers increase along the funnel).
+FUNNEL_STAGES = ("visit", "product_view", "cart", "checkout", "purchase")
+
+FUNNEL_SQL = """SELECT
+    step.1 AS stage_number,
+    step.2 AS stage,
+    step.3 AS sessions,
+    step.3 / reached_visit AS rate_from_visit,
+    step.3 / step.4 AS rate_from_previous
+FROM
+(
+    SELECT
+        countIf(funnel_stage_number >= 1) AS reached_visit,
+        countIf(funnel_stage_number >= 2) AS reached_product_view,
+        countIf(funnel_stage_number >= 3) AS reached_cart,
+        countIf(funnel_stage_number >= 4) AS reached_checkout,
+        countIf(funnel_stage_number >= 5) AS reached_purchase
+    FROM behaviour_sessions FINAL
+    WHERE """ + _SESSIONS_IN_RANGE + """
+)
+ARRAY JOIN [
+    (1, 'visit', reached_visit, reached_visit),
+    (2, 'product_view', reached_product_view, reached_visit),
+    (3, 'cart', reached_cart, reached_product_view),
+    (4, 'checkout', reached_checkout, reached_cart),
+    (5, 'purchase', reached_purchase, reached_checkout)
+] AS step
+ORDER BY stage_number"""
+
+TOP_PAGES_TEMPLATE = """SELECT
+    dimension_value AS page_path,
+    sum(event_count) AS events,
+    sum(late_event_count) AS late_events,
+    max(unique_user_count) AS peak_window_users,
+    max(unique_session_count) AS peak_window_sessions,
+    count() AS windows
+FROM behaviour_metrics FINAL
+WHERE dimension = 'page_path'
+  AND window_kind = {{window_kind:String}}
+  AND window_start >= {{from:DateTime64(3, 'UTC')}}
+  AND window_start < {{to:DateTime64(3, 'UTC')}}
+GROUP BY page_path
+ORDER BY {order} DESC, events DESC, page_path
+LIMIT {{limit:UInt32}}"""
+
+
+def top_pages_sql(order_by: str) -> str:
+    if order_by not in TOP_PAGES_ORDER:
+        raise ValueError("unknown order_by %r" % order_by)
+    return TOP_PAGES_TEMPLATE.format(order=TOP_PAGES_ORDER[order_by])
+
+
+def _render_top_pages(v: dict) -> Rendered:
+    return Rendered(top_pages_sql(v["order_by"]), {
+        "window_kind": v["window_kind"], "from": sql_time(v["from"]), "to": sql_time(v["to"]),
+        "limit": str(v["limit"]),
+    })
+
+
+BEHAVIOUR_WINDOW_KIND = Param("window_kind", "choice", "tumbling (1 min) or hopping (5 min every 1 min)",
+                              default="tumbling", choices=WINDOW_KINDS)
+_FROM = Param("from", "time", "inclusive start, ISO 8601 (default: to - 1h)")
+_TO = Param("to", "time", "exclusive end, ISO 8601 (default: now)")
+_SESSION_FROM = Param("from", "time", "sessions starting at or after, ISO 8601 (default: to - 1h)")
+_SESSION_TO = Param("to", "time", "sessions starting before, ISO 8601 (default: now)")
+
+BEHAVIOUR_METRICS = NamedQuery(
+    name="behaviour_metrics",
+    path="/api/v1/behaviour/metrics",
+    summary="Latest version of every behaviour metric window of one dimension in [from, to), by window start.",
+    params=(
+        Param("dimension", "choice", "what the rows are broken down by", default="all", choices=DIMENSIONS),
+        Param("dimension_value", "text", "one value of the dimension only (an event type or device category "
+                                         "value name, or a page path)"),
+        BEHAVIOUR_WINDOW_KIND,
+        Param("from", "time", "inclusive window start, ISO 8601 (default: to - 1h)"),
+        Param("to", "time", "exclusive window start bound, ISO 8601 (default: now)"),
+        Param("closed_only", "bool", "only windows whose allowed lateness ended", default=False),
+        Param("limit", "int", "most rows returned", default=1000, minimum=1, maximum=10_000),
+    ),
+    render=_render_behaviour_metrics,
+    time_columns=("window_start_ms", "window_end_ms", "emit_time_ms"),
+)
+
+BEHAVIOUR_SESSIONS = NamedQuery(
+    name="behaviour_sessions",
+    path="/api/v1/behaviour/sessions",
+    summary="Latest version of every session starting in [from, to), by start.",
+    params=(
+        _SESSION_FROM,
+        _SESSION_TO,
+        Param("user", "text", "one user only (user_id or anonymous_id)"),
+        Param("converted_only", "bool", "only sessions with a purchase", default=False),
+        Param("limit", "int", "most rows returned", default=1000, minimum=1, maximum=10_000),
+    ),
+    render=_render_behaviour_sessions,
+    time_columns=("session_start_ms", "session_end_ms", "emit_time_ms"),
+)
+
+SESSIONS_SUMMARY = NamedQuery(
+    name="behaviour_sessions_summary",
+    path="/api/v1/behaviour/sessions/summary",
+    summary="Sessions starting in [from, to): count, converted count and rate, mean duration, events, users.",
+    params=(_SESSION_FROM, _SESSION_TO),
+    render=_render_range(SESSIONS_SUMMARY_SQL),
+)
+
+FUNNEL = NamedQuery(
+    name="behaviour_funnel",
+    path="/api/v1/behaviour/funnel",
+    summary="Sessions starting in [from, to) that reached each funnel stage (visit, product view, cart, "
+            "checkout, purchase), with the rate from visit and from the previous stage.",
+    params=(_SESSION_FROM, _SESSION_TO),
+    render=_render_range(FUNNEL_SQL),
+)
+
+TOP_PAGES = NamedQuery(
+    name="behaviour_top_pages",
+    path="/api/v1/behaviour/top-pages",
+    summary="Pages ranked by events (summed over the windows starting in [from, to)) or by the most "
+            "users or sessions in one window.",
+    params=(
+        Param("order_by", "choice", "events, users (peak per window) or sessions (peak per window)",
+              default="events", choices=tuple(TOP_PAGES_ORDER)),
+        _FROM,
+        _TO,
+        BEHAVIOUR_WINDOW_KIND,
+        Param("limit", "int", "most pages returned", default=10, minimum=1, maximum=1000),
+    ),
+    render=_render_top_pages,
+)
+
+ALL = (AGGREGATES, SITES_LATEST, DEVICES_TOP, BEHAVIOUR_METRICS, BEHAVIOUR_SESSIONS, SESSIONS_SUMMARY, FUNNEL,
+       TOP_PAGES)
 BY_PATH = {query.path: query for query in ALL}
 
 

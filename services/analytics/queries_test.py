@@ -95,14 +95,17 @@ def test_rendering_binds_values_and_takes_identifiers_from_fixed_maps():
 
 
 def _defaults(query):
-    required = {"scope": "device", "key_id": "d", "metric": "temperature"}
+    required = {"scope": "device", "key_id": "d", "metric": "temperature"}  # behaviour queries need none
     return validate(query, **{p.name: required[p.name] for p in query.params if p.required})
 
 
 def test_queries_describe_themselves():
     described = [query.describe() for query in queries.ALL]
-    assert {d["path"] for d in described} == {"/api/v1/iot/aggregates", "/api/v1/iot/sites/latest",
-                                              "/api/v1/iot/devices/top"}
+    assert {d["path"] for d in described} == {
+        "/api/v1/iot/aggregates", "/api/v1/iot/sites/latest", "/api/v1/iot/devices/top",
+        "/api/v1/behaviour/metrics", "/api/v1/behaviour/sessions", "/api/v1/behaviour/sessions/summary",
+        "/api/v1/behaviour/funnel", "/api/v1/behaviour/top-pages"}
+    assert len({d["name"] for d in described}) == len(described)
     assert all(p["help"] for d in described for p in d["params"])
 
 
@@ -121,8 +124,19 @@ def seeded(tmp_path_factory):
     schema, name = target.insert_schema()
     store.insert_protobuf(target.ingest_table, schema, name,
                           protobuf_schema.frame([m.SerializeToString() for m in messages]))
+    metrics = testing.behaviour_stream(minutes=6, versions=3, seed=5, kinds=(1, 2))
+    sessions = testing.session_stream(sessions=40, versions=3, seed=5)
+    for target, values in ((sink.BEHAVIOUR_METRICS, metrics), (sink.BEHAVIOUR_SESSIONS, sessions)):
+        schema, name = target.insert_schema()
+        store.insert_protobuf(target.ingest_table, schema, name,
+                              protobuf_schema.frame([m.SerializeToString() for m in values]))
+    BEHAVIOUR.update(metrics=testing.latest_by(metrics, testing.metric_identity),
+                     sessions=testing.latest_by(sessions, testing.session_identity))
     yield store, testing.latest(messages)
     store.close()
+
+
+BEHAVIOUR = {}  # the latest behaviour messages the `seeded` store holds
 
 
 def test_aggregates_returns_the_latest_version_of_each_window(seeded):
@@ -172,3 +186,130 @@ def test_devices_top_ranks_by_the_merged_statistic(seeded):
     empty = queries.run(store, queries.DEVICES_TOP, validate(
         queries.DEVICES_TOP, metric="temperature", to="2020-01-01T00:00:00Z"))
     assert empty["rows"] == []
+
+
+# --- behaviour: validation and rendering ---------------------------------------------------
+
+def test_behaviour_metrics_defaults_and_free_text_values():
+    values = validate(queries.BEHAVIOUR_METRICS)
+    assert values["dimension"] == "all" and values["window_kind"] == "tumbling" and values["dimension_value"] is None
+    assert values["from"] == NOW - dt.timedelta(hours=1) and values["to"] == NOW
+    values = validate(queries.BEHAVIOUR_METRICS, dimension="page_path", dimension_value="/products/1?x='y'")
+    rendered = queries.BEHAVIOUR_METRICS.render(values)
+    assert rendered.params["dimension_value"] == "/products/1?x='y'" and "/products" not in rendered.sql
+    assert rendered.params["dimension"] == "page_path" and " FINAL" in rendered.sql
+
+
+@pytest.mark.parametrize("query, raw, message", [
+    (queries.BEHAVIOUR_METRICS, {"dimension": ["browser"]}, "dimension: must be one of all|event_type|page_path"),
+    (queries.BEHAVIOUR_METRICS, {"window_kind": ["session"]}, "window_kind: must be one of tumbling|hopping"),
+    (queries.BEHAVIOUR_METRICS, {"dimension_value": ["x" * 257]}, "1-256 characters"),
+    (queries.BEHAVIOUR_METRICS, {"dimension_value": ["a\nb"]}, "control characters"),
+    (queries.BEHAVIOUR_METRICS, {"limit": ["10001"]}, "between 1 and 10000"),
+    (queries.BEHAVIOUR_SESSIONS, {"converted_only": ["perhaps"]}, "true or false"),
+    (queries.SESSIONS_SUMMARY, {"from": ["2023-11-14T23:00:00Z"], "to": ["2023-11-14T22:00:00Z"]},
+     "from: must be before to"),
+    (queries.SESSIONS_SUMMARY, {"from": ["2023-01-01T00:00:00Z"], "to": ["2023-03-01T00:00:00Z"]},
+     "span at most 31 days"),
+    (queries.SESSIONS_SUMMARY, {"dimension": ["all"]}, "dimension: unknown parameter"),
+    (queries.FUNNEL, {"to": ["soon"]}, "ISO 8601"),
+    (queries.TOP_PAGES, {"order_by": ["revenue"]}, "order_by: must be one of events|users|sessions"),
+    (queries.TOP_PAGES, {"limit": ["0"]}, "between 1 and 1000"),
+])
+def test_behaviour_rejections(query, raw, message):
+    found = problems(query, raw)
+    assert any(message in problem for problem in found), found
+
+
+def test_top_pages_takes_its_order_column_from_a_fixed_map():
+    rendered = queries.TOP_PAGES.render(validate(queries.TOP_PAGES, order_by="users", window_kind="hopping"))
+    assert "ORDER BY peak_window_users DESC, events DESC, page_path" in rendered.sql
+    assert rendered.params == {"window_kind": "hopping", "from": "2023-11-14 22:00:00.000",
+                               "to": "2023-11-14 23:00:00.000", "limit": "10"}
+    with pytest.raises(ValueError):
+        queries.top_pages_sql("events DESC; DROP TABLE behaviour_metrics --")
+
+
+# --- behaviour: against chdb ---------------------------------------------------------------
+
+RANGE = {"from": "2023-11-14T22:00:00Z", "to": "2023-11-14T23:00:00Z"}
+
+
+def test_behaviour_metrics_returns_the_latest_version_of_each_window(seeded):
+    store, _ = seeded
+    for dimension, kind in (("all", 1), ("page_path", 1), ("event_type", 2)):
+        answer = queries.run(store, queries.BEHAVIOUR_METRICS, validate(
+            queries.BEHAVIOUR_METRICS, dimension=dimension, window_kind=testing.KIND_NAMES[kind], **RANGE))
+        wanted = sorted((m for m in BEHAVIOUR["metrics"].values()
+                         if testing.DIMENSION_NAMES[m.dimension] == dimension and m.window_kind == kind),
+                        key=lambda m: (m.window_start_time.seconds, m.window_end_time.seconds, m.dimension_value))
+        assert answer["row_count"] == len(wanted) > 0
+        assert answer["rows"] == [testing.expected_metric_row(m) for m in wanted]
+    one = queries.run(store, queries.BEHAVIOUR_METRICS, validate(
+        queries.BEHAVIOUR_METRICS, dimension="page_path", dimension_value="/cart", closed_only="true", **RANGE))
+    assert one["row_count"] == 6 and {r["dimension_value"] for r in one["rows"]} == {"/cart"}
+    assert all(r["version"] == 3 and r["window_closed"] for r in one["rows"])
+
+
+def test_behaviour_sessions_list_the_latest_version_of_each_session(seeded):
+    store, _ = seeded
+    answer = queries.run(store, queries.BEHAVIOUR_SESSIONS, validate(queries.BEHAVIOUR_SESSIONS, **RANGE))
+    wanted = sorted(BEHAVIOUR["sessions"].values(), key=lambda m: (testing.expected_session_row(m)["session_start"],
+                                                                    m.session_id))
+    assert answer["row_count"] == len(wanted) == 40
+    for row, message in zip(answer["rows"], wanted):
+        expected = testing.expected_session_row(message)
+        assert {k: row[k] for k in expected} == expected
+        assert row["duration_seconds"] == testing.session_duration_ms(message) / 1000
+    converted = queries.run(store, queries.BEHAVIOUR_SESSIONS, validate(
+        queries.BEHAVIOUR_SESSIONS, converted_only="true", user="anon-004", **RANGE))
+    assert [r["session_id"] for r in converted["rows"]] == [
+        m.session_id for m in wanted if m.converted and m.anonymous_id == "anon-004"]
+
+
+def test_sessions_summary_equals_an_independent_computation(seeded):
+    store, _ = seeded
+    answer = queries.run(store, queries.SESSIONS_SUMMARY, validate(queries.SESSIONS_SUMMARY, **RANGE))
+    sessions = list(BEHAVIOUR["sessions"].values())
+    converted = sum(1 for m in sessions if m.converted)
+    row = answer["rows"][0]
+    assert row["sessions"] == 40 and row["converted_sessions"] == converted > 0
+    assert math.isclose(row["conversion_rate"], converted / 40)
+    assert math.isclose(row["mean_duration_seconds"],
+                        sum(testing.session_duration_ms(m) for m in sessions) / 40 / 1000)
+    assert row["events"] == sum(m.event_count for m in sessions)
+    assert row["unique_users"] == len({m.user_id or m.anonymous_id for m in sessions})
+    empty = queries.run(store, queries.SESSIONS_SUMMARY, validate(queries.SESSIONS_SUMMARY, to="2020-01-01T00:00:00Z"))
+    assert empty["rows"][0]["sessions"] == 0 and empty["rows"][0]["conversion_rate"] is None
+    assert empty["rows"][0]["mean_duration_seconds"] is None
+
+
+def test_funnel_counts_sessions_by_the_furthest_stage_reached(seeded):
+    store, _ = seeded
+    answer = queries.run(store, queries.FUNNEL, validate(queries.FUNNEL, **RANGE))
+    stages = [m.funnel_stage for m in BEHAVIOUR["sessions"].values()]
+    reached = [sum(1 for s in stages if s >= number) for number in range(1, 6)]
+    assert [r["stage"] for r in answer["rows"]] == list(queries.FUNNEL_STAGES)
+    assert [r["sessions"] for r in answer["rows"]] == reached
+    assert reached[0] == 40 and reached[-1] > 0
+    for number, row in enumerate(answer["rows"], start=1):
+        assert row["stage_number"] == number
+        assert math.isclose(row["rate_from_visit"], reached[number - 1] / reached[0])
+        assert math.isclose(row["rate_from_previous"], reached[number - 1] / reached[max(number - 2, 0)])
+    empty = queries.run(store, queries.FUNNEL, validate(queries.FUNNEL, to="2020-01-01T00:00:00Z"))
+    assert [r["sessions"] for r in empty["rows"]] == [0] * 5 and empty["rows"][0]["rate_from_visit"] is None
+
+
+def test_top_pages_rank_by_events_and_by_peak_users(seeded):
+    store, _ = seeded
+    pages = {}
+    for m in BEHAVIOUR["metrics"].values():
+        if m.dimension == 3 and m.window_kind == 1:
+            events, users = pages.get(m.dimension_value, (0, 0))
+            pages[m.dimension_value] = (events + m.event_count, max(users, m.unique_user_count))
+    answer = queries.run(store, queries.TOP_PAGES, validate(queries.TOP_PAGES, limit="3", **RANGE))
+    assert [(r["page_path"], r["events"]) for r in answer["rows"]] == sorted(
+        ((p, e) for p, (e, _) in pages.items()), key=lambda x: (-x[1], x[0]))[:3]
+    assert all(r["windows"] == 6 for r in answer["rows"])
+    by_users = queries.run(store, queries.TOP_PAGES, validate(queries.TOP_PAGES, order_by="users", **RANGE))
+    assert [r["peak_window_users"] for r in by_users["rows"]] == sorted((u for _, u in pages.values()), reverse=True)

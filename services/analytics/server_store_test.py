@@ -26,6 +26,13 @@ CASES = (
     (queries.SITES_LATEST, {"closed_only": ["false"]}),
     (queries.DEVICES_TOP, {"metric": ["battery"], "stat": ["min"], "order": ["asc"], "window": ["2h"]}),
     (queries.DEVICES_TOP, {"metric": ["temperature"], "window": ["2h"], "site_id": ["site-0"]}),
+    (queries.BEHAVIOUR_METRICS, {"dimension": ["page_path"], "from": ["2023-11-14T22:00:00Z"]}),
+    (queries.BEHAVIOUR_METRICS, {"dimension": ["event_type"], "dimension_value": ["USER_EVENT_TYPE_PURCHASE"],
+                                 "window_kind": ["hopping"], "from": ["2023-11-14T22:00:00Z"]}),
+    (queries.BEHAVIOUR_SESSIONS, {"from": ["2023-11-14T22:00:00Z"]}),
+    (queries.SESSIONS_SUMMARY, {"from": ["2023-11-14T22:00:00Z"]}),
+    (queries.FUNNEL, {"from": ["2023-11-14T22:00:00Z"]}),
+    (queries.TOP_PAGES, {"order_by": ["users"], "from": ["2023-11-14T22:00:00Z"]}),
 )
 
 
@@ -89,7 +96,8 @@ def test_the_server_receives_the_same_ddl_as_chdb(tmp_path):
     finally:
         local.close()
     recorded = [(table, meta["columns"]) for kind, table, meta in client.calls if kind == "insert"]
-    assert recorded == [("schema_migrations", ("version", "name", "checksum", "duration_ms"))] * 2
+    assert recorded == [("schema_migrations", ("version", "name", "checksum", "duration_ms"))] * len(
+        migrations.discover())
 
 
 def test_queries_go_to_the_server_as_bound_parameters():
@@ -143,6 +151,12 @@ def test_the_real_client_api_answers_exactly_what_chdb_answers(tmp_path):
     messages = testing.stream(devices=6, sites=2, minutes=4, versions=3, seed=11, kinds=(1, 2))
     payload = protobuf_schema.frame([m.SerializeToString() for m in messages])
     schema, name = TARGET.insert_schema()
+    behaviour = (
+        (sink.BEHAVIOUR_METRICS, protobuf_schema.frame(
+            [m.SerializeToString() for m in testing.behaviour_stream(minutes=4, versions=3, seed=11, kinds=(1, 2))])),
+        (sink.BEHAVIOUR_SESSIONS, protobuf_schema.frame(
+            [m.SerializeToString() for m in testing.session_stream(sessions=15, versions=3, seed=11)])),
+    )
 
     local = ChdbStore(path, database="via_chdb")
     # One engine per process: clickhouse-connect's chdb interface shares the path, in its own database.
@@ -150,9 +164,13 @@ def test_the_real_client_api_answers_exactly_what_chdb_answers(tmp_path):
     server = ClickHouseServerStore(client=client, database="via_client_api")
     try:
         for store in (local, server):
-            assert migrations.migrate(store) == ("0001_iot_aggregates", "0002_ingest_offsets")
+            assert migrations.migrate(store) == tuple(m.label for m in migrations.discover())
             store.insert_protobuf(TARGET.ingest_table, schema, name, payload)
             store.insert_protobuf(TARGET.ingest_table, schema, name, payload)  # a replay, on both
+            for target, values in behaviour:
+                target_schema, target_name = target.insert_schema()
+                for _ in range(2):
+                    store.insert_protobuf(target.ingest_table, target_schema, target_name, values)
             store.insert_rows("ingest_offsets", ("consumer_group", "topic", "kafka_partition", "first_offset",
                                                  "last_offset", "row_count", "dead_letter_count"),
                               [("g", "iot.aggregates.v1", 0, 0, 9, 10, 0)])

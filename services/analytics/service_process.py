@@ -75,13 +75,16 @@ class ServiceProcess:
             time.sleep(0.2)
         raise AssertionError("analytics not ready after %.0f s:\n%s" % (timeout, self.log_text()[-4000:]))
 
-    def metric(self, name: str) -> float:
-        """Sum of a metric's samples (all label sets)."""
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples (all label sets, or those carrying every given label value)."""
         _, text = self.get("/metrics")
         total = 0.0
+        wanted = ['%s="%s"' % item for item in labels.items()]
         for line in text.splitlines():
             if line.startswith(name + "{") or line.startswith(name + " "):
-                total += float(line.rsplit(" ", 1)[1])
+                label_text = line.split("}", 1)[0] if "{" in line else ""
+                if all(label in label_text for label in wanted):
+                    total += float(line.rsplit(" ", 1)[1])
         return total
 
     def wait_for(self, condition, timeout: float = 90.0, what: str = "condition") -> None:
@@ -115,8 +118,8 @@ class ServiceProcess:
             self.process.wait(30)
 
 
-def produce(bootstrap: str, messages, raw=()) -> None:
-    """Messages through the project codec; `raw` = (key, value, headers) records as they are."""
+def produce(bootstrap: str, messages, raw=(), topic: topics.Topic = topics.IOT_AGGREGATES) -> None:
+    """Messages through the project codec on `topic`; `raw` = (key, value, headers) records as they are."""
     producer = Producer(kafka.producer_config(bootstrap))
     failures = []
 
@@ -125,10 +128,10 @@ def produce(bootstrap: str, messages, raw=()) -> None:
             failures.append(err)
 
     for message in messages:
-        kafka.produce(producer, topics.IOT_AGGREGATES, message, on_delivery=report)
+        kafka.produce(producer, topic, message, on_delivery=report)
         producer.poll(0)
     for key, value, headers in raw:
-        producer.produce(topics.IOT_AGGREGATES.name, key=key, value=value, headers=headers, on_delivery=report)
+        producer.produce(topic.name, key=key, value=value, headers=headers, on_delivery=report)
     assert producer.flush(60) == 0 and not failures, failures
 
 

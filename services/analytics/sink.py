@@ -1,12 +1,14 @@
-"""Kafka → analytics store: batches of aggregates stored idempotently, then committed.
+"""Kafka → analytics store: batches of versioned results stored idempotently, then committed.
 
-One loop per process (the store has a single owner):
+One loop and one consumer per process (the store has a single owner), subscribed to every
+target's topic (`TARGETS`: iot.aggregates.v1, behaviour.metrics.v1, behaviour.sessions.v1):
 
     consume (read_committed, no auto commit)
       → records.decode each record; malformed → `<topic>.dlq` with the reason (stage analytics-sink);
-        decodable but meaningless (unspecified scope, no key, version 0, ...) → DLQ as invalid-aggregate
-      → batch (size or age)
-      → insert the original bytes in ClickHouse's Protobuf format into the target's ingest table
+        decodable but meaningless (unspecified scope/kind/dimension, no key, version 0, ...) → DLQ
+        with the target's reason (invalid-aggregate, invalid-metric, invalid-session)
+      → batch (size or age), values grouped by target
+      → per target, insert the original bytes in ClickHouse's Protobuf format into its ingest table
         (a Null table whose materialized view writes the ReplacingMergeTree table)
       → insert the batch's offset ranges into `ingest_offsets`
       → flush dead letters, commit offsets.
@@ -55,6 +57,7 @@ class SinkTarget:
     ingest_table: str
     stored_table: str
     validate: Callable[[Message], Optional[str]]  # a problem description, or None when the record is usable
+    invalid_reason: str = INVALID  # dp.dlq.reason of a record that decodes but fails `validate`
 
     @property
     def message_descriptor(self):
@@ -92,6 +95,74 @@ IOT_AGGREGATES = SinkTarget(
 )
 
 
+def _window_problems(message, problems: list) -> None:
+    if not message.HasField("window_start_time") or not message.HasField("window_end_time"):
+        problems.append("window_start_time and window_end_time are required")
+    elif (message.window_end_time.seconds, message.window_end_time.nanos) <= (
+            message.window_start_time.seconds, message.window_start_time.nanos):
+        problems.append("window_end_time is not after window_start_time")
+
+
+def validate_behaviour_metric(message) -> Optional[str]:
+    """Why a decoded BehaviourMetric cannot be stored, or None (contract: UNSPECIFIED is rejected)."""
+    problems = []
+    if message.window_kind not in (1, 2):
+        problems.append("window_kind %d is not TUMBLING or HOPPING" % message.window_kind)
+    _window_problems(message, problems)
+    if message.dimension not in (1, 2, 3, 4):
+        problems.append("dimension %d is not ALL, EVENT_TYPE, PAGE_PATH or DEVICE_CATEGORY" % message.dimension)
+    elif message.dimension == 1 and message.dimension_value:
+        problems.append("dimension_value must be empty for METRIC_DIMENSION_ALL, got %r" % message.dimension_value[:80])
+    elif message.dimension != 1 and not message.dimension_value:
+        problems.append("dimension_value is empty")
+    for name in ("event_count", "unique_user_count", "unique_session_count", "late_event_count"):
+        if getattr(message, name) < 0:
+            problems.append("%s is negative" % name)
+    if message.version == 0:
+        problems.append("version is 0 (versions start at 1)")
+    return "; ".join(problems) or None
+
+
+def validate_session_summary(message) -> Optional[str]:
+    """Why a decoded SessionSummary cannot be stored, or None."""
+    problems = []
+    if not message.session_id:
+        problems.append("session_id is empty")
+    if not message.HasField("session_start_time") or not message.HasField("session_end_time"):
+        problems.append("session_start_time and session_end_time are required")
+    elif (message.session_end_time.seconds, message.session_end_time.nanos) < (
+            message.session_start_time.seconds, message.session_start_time.nanos):
+        problems.append("session_end_time is before session_start_time")
+    if not 0 <= message.funnel_stage <= 5:
+        problems.append("funnel_stage %d is not a FunnelStage" % message.funnel_stage)
+    for name in ("event_count", "page_view_count", "unique_page_count"):
+        if getattr(message, name) < 0:
+            problems.append("%s is negative" % name)
+    if message.version == 0:
+        problems.append("version is 0 (versions start at 1)")
+    return "; ".join(problems) or None
+
+
+BEHAVIOUR_METRICS = SinkTarget(
+    topic=topics.BEHAVIOUR_METRICS,
+    ingest_table="behaviour_metrics_ingest",
+    stored_table="behaviour_metrics",
+    validate=validate_behaviour_metric,
+    invalid_reason="invalid-metric",
+)
+
+BEHAVIOUR_SESSIONS = SinkTarget(
+    topic=topics.BEHAVIOUR_SESSIONS,
+    ingest_table="behaviour_sessions_ingest",
+    stored_table="behaviour_sessions",
+    validate=validate_session_summary,
+    invalid_reason="invalid-session",
+)
+
+# What the service consumes: one consumer subscribed to every topic here.
+TARGETS = (IOT_AGGREGATES, BEHAVIOUR_METRICS, BEHAVIOUR_SESSIONS)
+
+
 @dataclasses.dataclass
 class _Range:
     first: int
@@ -102,8 +173,9 @@ class _Range:
 
 class Batch:
     def __init__(self):
-        self.values: list = []
-        self.sources: list = []  # the consumed record of each value (for dead-lettering store rejects)
+        # topic -> values, and the consumed record of each (for dead-lettering store rejects)
+        self.values: dict = {}
+        self.sources: dict = {}
         self.ranges: dict = {}  # (topic, partition) -> _Range
         self.started = time.monotonic()
 
@@ -144,18 +216,22 @@ class CrashPoint:
 
 
 class Sink:
-    def __init__(self, store: Store, consumer, producer, target: SinkTarget, group: str, metrics: Metrics,
+    def __init__(self, store: Store, consumer, producer, targets, group: str, metrics: Metrics,
                  batch_size: int = 50_000, batch_max_seconds: float = 0.5, crash_point: Optional[str] = None):
         self.store = store
         self.consumer = consumer
         self.producer = producer
-        self.target = target
+        if isinstance(targets, SinkTarget):
+            targets = (targets,)
+        self.targets = {target.topic.name: target for target in targets}
+        if not self.targets or len(self.targets) != len(targets):
+            raise ValueError("want at least one target and one target per topic")
         self.group = group
         self.metrics = metrics
         self.batch_size = batch_size
         self.batch_max_seconds = batch_max_seconds
         self.crash = CrashPoint(crash_point)
-        self.schema, self.message_name = target.insert_schema()
+        self.schemas = {name: target.insert_schema() for name, target in self.targets.items()}
         self.batch = Batch()
         self.batches_stored = 0
         self.assignment: list = []
@@ -164,7 +240,7 @@ class Sink:
     # --- assignment ----------------------------------------------------------------------
 
     def subscribe(self) -> None:
-        self.consumer.subscribe([self.target.topic.name], on_assign=self._on_assign, on_revoke=self._on_revoke,
+        self.consumer.subscribe(sorted(self.targets), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
 
     @property
@@ -172,32 +248,35 @@ class Sink:
         return self._assigned.is_set()
 
     def stored_offsets(self) -> dict:
-        """partition -> last offset the store recorded for this group and topic."""
+        """(topic, partition) -> last offset the store recorded for this group, for every target topic."""
         result = self.store.query(
-            "SELECT kafka_partition, max(last_offset) AS last_offset FROM ingest_offsets"
-            " WHERE consumer_group = {group:String} AND topic = {topic:String} GROUP BY kafka_partition",
-            {"group": self.group, "topic": self.target.topic.name},
+            "SELECT topic, kafka_partition, max(last_offset) AS last_offset FROM ingest_offsets"
+            " WHERE consumer_group = {group:String} AND has({topics:Array(String)}, topic)"
+            " GROUP BY topic, kafka_partition",
+            {"group": self.group, "topics": "[%s]" % ",".join("'%s'" % name for name in sorted(self.targets))},
         )
-        return {int(partition): int(last) for partition, last in result.rows}
+        return {(str(topic), int(partition)): int(last) for topic, partition, last in result.rows}
 
     def _on_assign(self, consumer, partitions) -> None:
         stored = self.stored_offsets()
-        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=30)}
+        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=30)}
         for tp in partitions:
-            resume = stored.get(tp.partition)
-            if resume is not None and resume + 1 > committed.get(tp.partition, -1):
-                skipped = resume + 1 - max(committed.get(tp.partition, 0), 0)
+            key = (tp.topic, tp.partition)
+            resume = stored.get(key)
+            if resume is not None and resume + 1 > committed.get(key, -1):
+                skipped = resume + 1 - max(committed.get(key, 0), 0)
                 tp.offset = resume + 1
-                self.metrics.skipped_replays.labels(self.target.topic.name).inc(max(skipped, 0))
+                self.metrics.skipped_replays.labels(tp.topic).inc(max(skipped, 0))
                 LOG.info("event=resume_from_store topic=%s partition=%d offset=%d committed=%d",
-                         tp.topic, tp.partition, tp.offset, committed.get(tp.partition, -1))
+                         tp.topic, tp.partition, tp.offset, committed.get(key, -1))
             else:
                 tp.offset = OFFSET_STORED
+        # Incremental assignment is not in use (eager protocol): this is the whole assignment.
         consumer.assign(partitions)
         self.assignment = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
         self._assigned.set()
-        LOG.info("event=partitions_assigned topic=%s partitions=%s", self.target.topic.name,
-                 ",".join(str(tp.partition) for tp in partitions))
+        LOG.info("event=partitions_assigned partitions=%s",
+                 ",".join("%s[%d]" % (tp.topic, tp.partition) for tp in partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
         # Store and commit what was read from these partitions while they are still ours.
@@ -220,8 +299,8 @@ class Sink:
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, then store and commit what was read."""
         self.subscribe()
-        LOG.info("event=sink_started topic=%s group=%s batch_size=%d batch_max_ms=%d",
-                 self.target.topic.name, self.group, self.batch_size, self.batch_max_seconds * 1000)
+        LOG.info("event=sink_started topics=%s group=%s batch_size=%d batch_max_ms=%d",
+                 ",".join(sorted(self.targets)), self.group, self.batch_size, self.batch_max_seconds * 1000)
         while not stop.is_set():
             room = self.batch_size - len(self.batch)
             wait = max(0.01, min(0.2, self.batch_max_seconds - (time.monotonic() - self.batch.started)))
@@ -244,7 +323,8 @@ class Sink:
                 raise RuntimeError("fatal Kafka consumer error: %s" % error)
             LOG.warning("event=consumer_error error=%s", error)
             return
-        topic = self.target.topic
+        target = self.targets[record.topic()]
+        topic = target.topic
         try:
             message = records.decode(topic, record.value(), record.headers())
         except records.MalformedRecord as malformed:
@@ -253,16 +333,17 @@ class Sink:
             self.metrics.dead_letters.labels(topic.name, malformed.reason).inc()
             self.batch.note(record.topic(), record.partition(), record.offset(), stored=False)
             return
-        problem = self.target.validate(message)
+        problem = target.validate(message)
         if problem is not None:
-            self.dead_letter(record, records.MalformedRecord(INVALID, problem))
+            self.dead_letter(record, records.MalformedRecord(target.invalid_reason, problem))
             return
-        self.batch.values.append(record.value())
-        self.batch.sources.append(record)
+        self.batch.values.setdefault(topic.name, []).append(record.value())
+        self.batch.sources.setdefault(topic.name, []).append(record)
         self.batch.note(record.topic(), record.partition(), record.offset(), stored=True)
 
     def dead_letter(self, record, error: records.MalformedRecord, in_batch: bool = False) -> None:
-        dlq = kafka.dead_letter_topic(self.target.topic)
+        source = self.targets[record.topic()].topic
+        dlq = kafka.dead_letter_topic(source)
         headers = records.dead_letter_headers(error, record.topic(), record.partition(), record.offset(), STAGE,
                                               record.headers())
         LOG.warning("event=dead_lettered topic=%s partition=%d offset=%d reason=%s detail=%r",
@@ -273,7 +354,7 @@ class Sink:
                 break
             except BufferError:
                 self.producer.poll(0.1)
-        self.metrics.dead_letters.labels(self.target.topic.name, error.reason).inc()
+        self.metrics.dead_letters.labels(source.name, error.reason).inc()
         if not in_batch:
             self.batch.note(record.topic(), record.partition(), record.offset(), stored=False)
 
@@ -284,12 +365,12 @@ class Sink:
         batch = self.batch
         if not batch.ranges:
             return
-        topic = self.target.topic.name
+        batch_topics = sorted({t for t, _ in batch.ranges})
         number = self.batches_stored + 1
         started = time.monotonic()
         try:
-            if batch.values:
-                self.insert_values(batch)
+            for name in sorted(batch.values):
+                self.insert_values(batch, self.targets[name])
             self.crash.check("after-data-insert", number, describe_ranges(batch))
             self.store.insert_rows(
                 "ingest_offsets",
@@ -299,7 +380,8 @@ class Sink:
                  for (t, p), span in sorted(batch.ranges.items())],
             )
         except StoreError:
-            self.metrics.batches.labels(topic, "failed").inc()
+            for name in batch_topics:
+                self.metrics.batches.labels(name, "failed").inc()
             raise
         elapsed = time.monotonic() - started
         self.crash.check("after-offsets-insert", number, describe_ranges(batch))
@@ -314,37 +396,43 @@ class Sink:
         self.batches_stored = number
         self.batch = Batch()
         rows = sum(span.rows for span in batch.ranges.values())
-        self.metrics.batches.labels(topic, "stored").inc()
-        self.metrics.batch_rows.labels(topic).observe(rows)
-        self.metrics.rows_inserted.labels(self.target.stored_table).inc(rows)
-        self.metrics.insert_seconds.labels(self.target.stored_table).observe(elapsed)
+        for name in batch_topics:
+            target = self.targets[name]
+            topic_rows = sum(span.rows for (t, _), span in batch.ranges.items() if t == name)
+            self.metrics.batches.labels(name, "stored").inc()
+            self.metrics.batch_rows.labels(name).observe(topic_rows)
+            self.metrics.rows_inserted.labels(target.stored_table).inc(topic_rows)
+            if topic_rows:
+                self.metrics.insert_seconds.labels(target.stored_table).observe(elapsed)
         self.update_lag()
         LOG.info("event=batch_stored batch=%d rows=%d dead_letters=%d ranges=%s insert_ms=%.1f",
                  number, rows, sum(s.dead_letters for s in batch.ranges.values()),
                  describe_ranges(batch), elapsed * 1000)
 
-    def insert_values(self, batch: Batch) -> None:
+    def insert_values(self, batch: Batch, target: SinkTarget) -> None:
+        name = target.topic.name
+        values, sources = batch.values[name], batch.sources[name]
+        schema, message_name = self.schemas[name]
         try:
-            self.store.insert_protobuf(self.target.ingest_table, self.schema, self.message_name,
-                                       protobuf_schema.frame(batch.values))
+            self.store.insert_protobuf(target.ingest_table, schema, message_name, protobuf_schema.frame(values))
             return
         except StoreError as err:
             if not self.store.ping():
                 raise
-            LOG.warning("event=batch_rejected rows=%d error=%r action=insert_one_by_one", len(batch.values), str(err))
+            LOG.warning("event=batch_rejected topic=%s rows=%d error=%r action=insert_one_by_one", name, len(values),
+                        str(err))
         # The store is up but refused the batch: find the records it refuses and dead-letter them.
         # (Rows of the failed batch that did land are re-inserted here and collapse by version.)
         rejected = []
-        for index, value in enumerate(batch.values):
+        for index, value in enumerate(values):
             try:
-                self.store.insert_protobuf(self.target.ingest_table, self.schema, self.message_name,
-                                           protobuf_schema.frame([value]))
+                self.store.insert_protobuf(target.ingest_table, schema, message_name, protobuf_schema.frame([value]))
             except StoreError as err:
                 rejected.append((index, str(err)))
-        if len(rejected) == len(batch.values):
+        if len(rejected) == len(values):
             raise StoreError("the store refused every record of the batch one by one: %s" % rejected[0][1])
         for index, detail in rejected:
-            record = batch.sources[index]
+            record = sources[index]
             # Passed decoding yet refused by the store: the store and the contract disagree.
             self.dead_letter(record, records.MalformedRecord(STORE_REJECTED, detail[:1500]), in_batch=True)
             span = batch.ranges[(record.topic(), record.partition())]

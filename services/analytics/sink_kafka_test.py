@@ -1,5 +1,6 @@
 """The real service binary against a real Kafka broker: versions collapse to the latest, malformed
-records reach the dead-letter topic with their reasons, SIGTERM drains, a restart adds nothing."""
+records reach the dead-letter topic with their reasons, SIGTERM drains, a restart adds nothing.
+The same for the behaviour topics (metrics and sessions), consumed by the same process."""
 
 import math
 import time
@@ -37,9 +38,9 @@ def malformed_records():
     ]
 
 
-def dead_letters(bootstrap, expected, timeout=60.0):
+def dead_letters(bootstrap, expected, timeout=60.0, dlq=DLQ):
     consumer = Consumer(kafka.consumer_config(bootstrap, "dlq-reader-%d" % time.time_ns()))
-    consumer.subscribe([DLQ])
+    consumer.subscribe([dlq])
     out = []
     deadline = time.monotonic() + timeout
     try:
@@ -119,5 +120,148 @@ def test_service_stores_latest_versions_dead_letters_bad_records_and_drains(boot
         expected = testing.latest(messages + newer)
         assert_rows_match(api_rows(again, expected), expected)
         assert again.metric("analytics_rows_inserted_total") == len(newer)
+    finally:
+        assert again.terminate() == 0
+
+
+# --- behaviour.metrics.v1 and behaviour.sessions.v1 ------------------------------------------
+
+METRICS, SESSIONS = topics.BEHAVIOUR_METRICS, topics.BEHAVIOUR_SESSIONS
+WINDOW = {"from": "2023-11-14T22:00:00Z", "to": "2023-11-14T23:00:00Z"}
+
+
+def malformed_metrics():
+    good = records.encode(METRICS, testing.behaviour_metric(1, "", 0, 1))
+    no_dimension = testing.behaviour_metric(3, "/x", 0, 1)
+    no_dimension.dimension = 0
+    version_zero = testing.behaviour_metric(3, "/y", 0, 1)
+    version_zero.version = 0
+    all_with_value = testing.behaviour_metric(1, "", 0, 1)
+    all_with_value.dimension_value = "/z"
+    session_headers = records.encode(SESSIONS, testing.session_summary(900, 1)).headers
+    return [
+        (b"m1", b"\xff\xff\xff not protobuf", good.headers),    # undecodable-payload
+        (b"m2", good.value, session_headers),                      # wrong-schema
+        (b"m3", no_dimension.SerializeToString(), good.headers),    # invalid-metric
+        (b"m4", version_zero.SerializeToString(), good.headers),    # invalid-metric
+        (b"m5", all_with_value.SerializeToString(), good.headers),  # invalid-metric
+    ]
+
+
+def malformed_sessions():
+    good = records.encode(SESSIONS, testing.session_summary(901, 1))
+    no_id = testing.session_summary(902, 1)
+    no_id.session_id = ""
+    backwards = testing.session_summary(903, 1)
+    backwards.session_end_time.seconds = backwards.session_start_time.seconds - 60
+    return [
+        (b"s1", good.value, []),                                 # missing-schema-header
+        (b"s2", no_id.SerializeToString(), good.headers),        # invalid-session
+        (b"s3", backwards.SerializeToString(), good.headers),    # invalid-session
+    ]
+
+
+def check_behaviour(service, metrics, sessions):
+    latest_metrics = testing.latest_by(metrics, testing.metric_identity)
+    seen = 0
+    for dimension in testing.DIMENSION_NAMES.values():
+        for kind, kind_name in testing.KIND_NAMES.items():
+            status, body = service.get("/api/v1/behaviour/metrics", dimension=dimension, window_kind=kind_name,
+                                       **WINDOW)
+            assert status == 200, body
+            want = sorted((testing.expected_metric_row(m) for m in latest_metrics.values()
+                           if testing.DIMENSION_NAMES[m.dimension] == dimension and m.window_kind == kind),
+                          key=lambda r: (r["window_start"], r["window_end"], r["dimension_value"]))
+            assert body["rows"] == want, (dimension, kind_name)
+            seen += len(want)
+    assert seen == len(latest_metrics)
+
+    latest_sessions = testing.latest_by(sessions, testing.session_identity)
+    status, body = service.get("/api/v1/behaviour/sessions", **WINDOW)
+    assert status == 200, body
+    want = sorted((testing.expected_session_row(m) for m in latest_sessions.values()),
+                  key=lambda r: (r["session_start"], r["session_id"]))
+    assert [{k: row[k] for k in want[0]} for row in body["rows"]] == want
+
+    status, body = service.get("/api/v1/behaviour/sessions/summary", **WINDOW)
+    assert status == 200, body
+    summary = body["rows"][0]
+    assert summary["sessions"] == len(latest_sessions)
+    assert summary["converted_sessions"] == sum(1 for m in latest_sessions.values() if m.converted)
+    assert math.isclose(summary["mean_duration_seconds"], sum(
+        testing.session_duration_ms(m) for m in latest_sessions.values()) / len(latest_sessions) / 1000)
+    status, body = service.get("/api/v1/behaviour/funnel", **WINDOW)
+    assert status == 200 and [r["sessions"] for r in body["rows"]] == [
+        sum(1 for m in latest_sessions.values() if m.funnel_stage >= n) for n in range(1, 6)]
+
+
+def test_service_stores_latest_behaviour_metrics_and_sessions_and_dead_letters_bad_ones(bootstrap, tmp_path):
+    metrics = testing.behaviour_stream(minutes=6, versions=3, seed=31, kinds=(1, 2))
+    sessions = testing.session_stream(sessions=60, versions=3, seed=31)
+    produce(bootstrap, metrics[: len(metrics) // 2], topic=METRICS)
+    produce(bootstrap, sessions[: len(sessions) // 2], topic=SESSIONS)
+    # Its own consumer group: the IoT test's records on iot.aggregates.v1 are read too (one
+    # consumer, every target topic), which is why the counts below are per table.
+    service = ServiceProcess(bootstrap, tmp_path / "chdb", free_ports(1)[0], tmp_path / "service.log",
+                             extra_args=["--batch-size", "250", "--batch-max-ms", "200",
+                                         "--group", "analytics-behaviour-test", "--instance-id", "behaviour-test-1"])
+    service.start()
+    try:
+        service.wait_ready()
+        produce(bootstrap, metrics[len(metrics) // 2:], raw=malformed_metrics(), topic=METRICS)
+        produce(bootstrap, sessions[len(sessions) // 2:], raw=malformed_sessions(), topic=SESSIONS)
+
+        def stored(table, topic, total):
+            return (service.metric("analytics_rows_inserted_total", table=table)
+                    + service.metric("analytics_dead_letters_total", topic=topic)) >= total
+
+        service.wait_for(lambda: stored("behaviour_metrics", METRICS.name, len(metrics) + 5)
+                         and stored("behaviour_sessions", SESSIONS.name, len(sessions) + 3),
+                         what="all behaviour records stored")
+        assert service.metric("analytics_rows_inserted_total", table="behaviour_metrics") == len(metrics)
+        assert service.metric("analytics_rows_inserted_total", table="behaviour_sessions") == len(sessions)
+        check_behaviour(service, metrics, sessions)
+
+        for dlq, expected in ((METRICS.name + ".dlq", ["invalid-metric", "invalid-metric", "invalid-metric",
+                                                       "undecodable-payload", "wrong-schema"]),
+                              (SESSIONS.name + ".dlq", ["invalid-session", "invalid-session",
+                                                        "missing-schema-header"])):
+            letters = dead_letters(bootstrap, len(expected), dlq=dlq)
+            assert sorted(records.header(r.headers(), records.DLQ_REASON) for r in letters) == expected, dlq
+            for letter in letters:
+                assert records.header(letter.headers(), records.DLQ_STAGE) == "analytics-sink"
+                assert records.header(letter.headers(), records.DLQ_TOPIC) == dlq[:-4]
+            details = " | ".join(records.header(r.headers(), records.DLQ_DETAIL) for r in letters)
+            if dlq.startswith(METRICS.name):
+                assert "dimension 0 is not ALL" in details and "version is 0" in details
+                assert "dimension_value must be empty for METRIC_DIMENSION_ALL" in details
+            else:
+                assert "session_id is empty" in details and "session_end_time is before session_start_time" in details
+        assert service.metric("analytics_consumer_lag") == 0
+    finally:
+        code = service.terminate() if service.exited() is None else service.exited()
+    assert code == 0, service.log_text()[-3000:]
+
+    # Restart on the same path: newer versions replace, nothing is re-read.
+    newer_metrics = [testing.behaviour_metric(m.dimension, m.dimension_value,
+                                              (m.window_start_time.seconds - testing.BASE_SECONDS) // 60, 4,
+                                              m.window_kind, seed=77, closed=True)
+                     for m in list(testing.latest_by(metrics, testing.metric_identity).values())[:15]]
+    newer_sessions = [testing.session_summary(number, 4, seed=31) for number in range(10)]
+    again = ServiceProcess(bootstrap, tmp_path / "chdb", free_ports(1)[0], tmp_path / "service2.log",
+                           extra_args=["--batch-max-ms", "200", "--group", "analytics-behaviour-test",
+                                       "--instance-id", "behaviour-test-1"])
+    again.start()
+    try:
+        again.wait_ready()
+        produce(bootstrap, newer_metrics, topic=METRICS)
+        produce(bootstrap, newer_sessions, topic=SESSIONS)
+        again.wait_for(lambda: again.metric("analytics_rows_inserted_total", table="behaviour_metrics")
+                       >= len(newer_metrics) and again.metric("analytics_rows_inserted_total",
+                                                              table="behaviour_sessions") >= len(newer_sessions),
+                       what="new versions")
+        check_behaviour(again, metrics + newer_metrics, sessions + newer_sessions)
+        assert again.metric("analytics_rows_inserted_total", table="behaviour_metrics") == len(newer_metrics)
+        assert again.metric("analytics_rows_inserted_total", table="behaviour_sessions") == len(newer_sessions)
     finally:
         assert again.terminate() == 0

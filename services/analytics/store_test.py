@@ -156,3 +156,80 @@ QUERY_CASES = (
     (queries.DEVICES_TOP, {"metric": ["pressure"], "stat": ["mean"], "order": ["asc"], "window": ["2h"],
                            "site_id": ["site-0"]}),
 )
+
+
+# --- behaviour tables: the same guarantees ---------------------------------------------------
+
+BEHAVIOUR_CASES = (
+    (queries.BEHAVIOUR_METRICS, {"dimension": ["page_path"], "from": ["2023-11-14T22:00:00Z"]}),
+    (queries.BEHAVIOUR_METRICS, {"dimension": ["all"], "window_kind": ["hopping"], "from": ["2023-11-14T22:00:00Z"]}),
+    (queries.BEHAVIOUR_SESSIONS, {"from": ["2023-11-14T22:00:00Z"]}),
+    (queries.SESSIONS_SUMMARY, {"from": ["2023-11-14T22:00:00Z"]}),
+    (queries.FUNNEL, {"from": ["2023-11-14T22:00:00Z"]}),
+    (queries.TOP_PAGES, {"from": ["2023-11-14T22:00:00Z"]}),
+)
+
+
+def insert_into(store, target, messages):
+    schema, name = target.insert_schema()
+    store.insert_protobuf(target.ingest_table, schema, name,
+                          protobuf_schema.frame([m.SerializeToString() for m in messages]))
+
+
+def answers(store):
+    out = {}
+    for query, params in BEHAVIOUR_CASES:
+        answer = queries.run(store, query, query.validate(params, lambda: NOW))
+        answer.pop("store_ms")
+        out[(query.name, repr(sorted(params.items())))] = rounded(answer)
+    return out
+
+
+def test_behaviour_rows_match_an_independent_decoding_at_their_latest_version(store):
+    metrics = testing.behaviour_stream(minutes=3, versions=3, seed=8, kinds=(1, 2))
+    sessions = testing.session_stream(sessions=25, versions=3, seed=8)
+    for start in range(0, len(metrics), 11):  # several parts, versions out of order
+        insert_into(store, sink.BEHAVIOUR_METRICS, metrics[start:start + 11])
+    for start in range(0, len(sessions), 7):
+        insert_into(store, sink.BEHAVIOUR_SESSIONS, sessions[start:start + 7])
+    assert store.query("SELECT count() FROM behaviour_metrics").rows[0][0] > len(
+        testing.latest_by(metrics, testing.metric_identity))
+    got = queries.run(store, queries.BEHAVIOUR_METRICS, queries.BEHAVIOUR_METRICS.validate(
+        {"dimension": ["event_type"], "window_kind": ["hopping"], "from": ["2023-11-14T22:00:00Z"]}, lambda: NOW))
+    want = sorted((testing.expected_metric_row(m) for m in testing.latest_by(metrics, testing.metric_identity).values()
+                   if m.dimension == 2 and m.window_kind == 2),
+                  key=lambda r: (r["window_start"], r["window_end"], r["dimension_value"]))
+    assert got["rows"] == want and len(want) == 3 * len(testing.EVENT_TYPES)
+    got = queries.run(store, queries.BEHAVIOUR_SESSIONS, queries.BEHAVIOUR_SESSIONS.validate(
+        {"from": ["2023-11-14T22:00:00Z"]}, lambda: NOW))
+    latest_sessions = testing.latest_by(sessions, testing.session_identity).values()
+    want = sorted((testing.expected_session_row(m) for m in latest_sessions),
+                  key=lambda r: (r["session_start"], r["session_id"]))
+    assert [{k: row[k] for k in want[0]} for row in got["rows"]] == want and len(want) == 25
+    assert all(row["version"] == 3 for row in got["rows"])
+
+
+def test_a_replayed_behaviour_batch_changes_no_query_result(store):
+    metrics = testing.behaviour_stream(minutes=4, versions=3, seed=9, kinds=(1, 2))
+    sessions = testing.session_stream(sessions=30, versions=2, seed=9)
+    insert_into(store, sink.BEHAVIOUR_METRICS, metrics)
+    insert_into(store, sink.BEHAVIOUR_SESSIONS, sessions)
+    before = answers(store)
+    assert all(answer["row_count"] > 0 for answer in before.values())
+    # A crash between insert and commit: both batches are consumed and inserted again, twice.
+    for _ in range(2):
+        insert_into(store, sink.BEHAVIOUR_METRICS, metrics)
+        insert_into(store, sink.BEHAVIOUR_SESSIONS, sessions[: len(sessions) // 2])
+    assert store.query("SELECT count() FROM behaviour_metrics").rows[0][0] >= 2 * len(
+        testing.latest_by(metrics, testing.metric_identity))
+    assert answers(store) == before
+    # An older version arriving late never wins.
+    insert_into(store, sink.BEHAVIOUR_SESSIONS, [m for m in sessions if m.version == 1])
+    insert_into(store, sink.BEHAVIOUR_METRICS, [m for m in metrics if m.version == 1])
+    assert answers(store) == before
+    for table in ("behaviour_metrics", "behaviour_sessions"):
+        store.command("OPTIMIZE TABLE %s FINAL" % table)
+    assert store.query("SELECT count() FROM behaviour_metrics").rows[0][0] == len(
+        testing.latest_by(metrics, testing.metric_identity))
+    assert store.query("SELECT count() FROM behaviour_sessions").rows[0][0] == 30
+    assert answers(store) == before
