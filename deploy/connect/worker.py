@@ -107,7 +107,7 @@ class WorkerConfig:
     rest_port: int = 8083
     rest_host: str = "127.0.0.1"
     group_id: str = DEFAULT_GROUP_ID
-    heap: str = "384m"
+    heap: str = "1g"
     # Kafka Connect's exactly-once source support (KIP-618): source records and their offsets
     # are written in one Kafka transaction. Debezium's PostgresConnector declares it SUPPORTED.
     exactly_once: bool = True
@@ -183,6 +183,13 @@ def worker_properties(config: WorkerConfig) -> Dict[str, str]:
         # up to 5 min for the "lost" member to come back.
         "scheduled.rebalance.max.delay.ms": "0",
         "task.shutdown.graceful.timeout.ms": "20000",
+        # The source tasks' producer. With exactly-once support each poll batch of the task is
+        # one transaction that is flushed on commit, so linger only groups the records of one
+        # poll; larger batches and lz4 cut the requests and bytes the broker handles per change
+        # (measured: see README "Throughput").
+        "producer.linger.ms": "10",
+        "producer.batch.size": str(512 * 1024),
+        "producer.compression.type": "lz4",
         # Connector configs may reference secrets as ${env:NAME} or ${file:/path:key} instead
         # of holding them in the configs topic.
         "config.providers": "env,file",
@@ -500,8 +507,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> WorkerConfig:
                         default=pathlib.Path(env("DP_STATE_DIR")) if env("DP_STATE_DIR") else None,
                         help="state root; the worker uses <state-dir>/connect [env DP_STATE_DIR, "
                              "default <workspace>/.state]")
-    parser.add_argument("--heap", default=env("DP_CONNECT_HEAP", "384m"),
-                        help="JVM maximum heap [env DP_CONNECT_HEAP, default 384m]")
+    parser.add_argument("--heap", default=env("DP_CONNECT_HEAP", "1g"),
+                        help="JVM maximum heap [env DP_CONNECT_HEAP, default 1g]")
     parser.add_argument("--exactly-once", dest="exactly_once", action=argparse.BooleanOptionalAction,
                         default=_env_flag("DP_CONNECT_EXACTLY_ONCE", True),
                         help="exactly-once source support (records and offsets in one transaction) "

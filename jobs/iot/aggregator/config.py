@@ -127,7 +127,8 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="records per transaction at most [env DP_IOT_AGGREGATOR_BATCH_SIZE, default 5000]")
     p.add_argument("--commit-interval-seconds", type=float,
                    default=e("DP_IOT_AGGREGATOR_COMMIT_INTERVAL_SECONDS", 0.5, float),
-                   help="longest wait for a full batch before committing what arrived "
+                   help="longest idle wait of the loop; a batch is processed once full, or at most "
+                        "20 ms after its first record was available "
                         "[env DP_IOT_AGGREGATOR_COMMIT_INTERVAL_SECONDS, default 0.5]")
     p.add_argument("--http-host", default=e("DP_IOT_AGGREGATOR_HTTP_HOST", "127.0.0.1"),
                    help="address of /metrics, /healthz, /readyz [env DP_IOT_AGGREGATOR_HTTP_HOST, default 127.0.0.1]")

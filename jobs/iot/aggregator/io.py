@@ -2,7 +2,7 @@
 
 Each batch is one Kafka transaction (KIP-447 style, one transactional producer per instance):
 
-    consume up to --batch-size records (or what arrived within --commit-interval-seconds)
+    consume up to --batch-size records: what is there, plus what arrives within 20 ms
     begin_transaction
       decode; apply to the partition's state; dead letters for what cannot be read
       produce aggregates, late readings, dead letters and changelog records
@@ -42,6 +42,8 @@ INPUT = topics.IOT_CDC_READINGS
 DEAD_LETTERS = kafka.dead_letter_topic(topics.IOT_CDC_READINGS)
 CHANGELOG = topics.IOT_AGGREGATOR_CHANGELOG
 OUTPUTS = (topics.IOT_AGGREGATES, topics.IOT_LATE_READINGS, DEAD_LETTERS, CHANGELOG)
+# How long a consume call waits for more records before the batch is committed as it is.
+DRAIN_WAIT_SECONDS = 0.02
 _LATE_REASONS = {transform.LATE_WINDOW_CLOSED: "window_closed", transform.LATE_FUTURE_TIMESTAMP: "future_timestamp"}
 
 
@@ -49,24 +51,44 @@ class FatalError(RuntimeError):
     """The process cannot go on (fenced producer, missing topics, repeated failures): exit and be restarted."""
 
 
-def _metric_stats(values: tuple) -> reading_aggregate_pb2.MetricStats:
+def _set_stats(stats: reading_aggregate_pb2.MetricStats, values: tuple) -> None:
     count, low, high, total = values
-    if not count:
-        return reading_aggregate_pb2.MetricStats()
-    return reading_aggregate_pb2.MetricStats(count=count, min=low, max=high, mean=total / count, sum=total)
+    if count:
+        stats.count, stats.min, stats.max, stats.mean, stats.sum = count, low, high, total / count, total
+    else:
+        stats.SetInParent()  # present and empty, as a window without that metric always was
 
 
-def aggregate_message(aggregate: tuple, emit_us: int) -> reading_aggregate_pb2.ReadingAggregate:
+_timestamps: dict[int, object] = {}  # window bounds repeat across the aggregates of a batch
+
+
+def _window_timestamp(micros: int):
+    ts = _timestamps.get(micros)
+    if ts is None:
+        if len(_timestamps) > 100_000:
+            _timestamps.clear()
+        ts = _timestamps[micros] = state.timestamp(micros)
+    return ts
+
+
+def aggregate_message(aggregate: tuple, emit_us: int, emit_time=None) -> reading_aggregate_pb2.ReadingAggregate:
+    """The contract message of an aggregate tuple; `emit_time` (the Timestamp of `emit_us`) may be
+    passed in when many aggregates of one batch share it."""
     (scope, key, site, kind, start, end, count, temperature, humidity, pressure, battery, late, version,
      closed) = aggregate
-    return reading_aggregate_pb2.ReadingAggregate(
+    message = reading_aggregate_pb2.ReadingAggregate(
         scope=scope, key_id=key, site_id=site, window_kind=kind,
-        window_start_time=state.timestamp(start), window_end_time=state.timestamp(end),
-        reading_count=count,
-        temperature_celsius=_metric_stats(temperature), humidity_percent=_metric_stats(humidity),
-        pressure_hpa=_metric_stats(pressure), battery_percent=_metric_stats(battery),
-        late_reading_count=late, version=version, emit_time=state.timestamp(emit_us), window_closed=closed,
+        window_start_time=_window_timestamp(start), window_end_time=_window_timestamp(end),
+        reading_count=count, late_reading_count=late, version=version,
+        emit_time=emit_time if emit_time is not None else state.timestamp(emit_us), window_closed=closed,
     )
+    # Sub-messages filled in place, not built and copied: with the timestamp cache 13 -> 7 us
+    # per message, byte-identical (ADR 0006, io_test).
+    _set_stats(message.temperature_celsius, temperature)
+    _set_stats(message.humidity_percent, humidity)
+    _set_stats(message.pressure_hpa, pressure)
+    _set_stats(message.battery_percent, battery)
+    return message
 
 
 def _duration(micros: int) -> duration_pb2.Duration:
@@ -150,8 +172,7 @@ class AggregatorJob:
         self.health.detail = "waiting for partitions"
         try:
             while not self.stop.is_set():
-                messages = self.consumer.consume(num_messages=self.config.batch_size,
-                                                 timeout=self.config.commit_interval_seconds)
+                messages = self._next_batch()
                 self.health.beat()
                 if messages:
                     self._batch(messages)
@@ -159,6 +180,25 @@ class AggregatorJob:
                     self._gauges()
         finally:
             self._close()
+
+    def _next_batch(self) -> list:
+        """The next batch: up to --batch-size records. One consume call returns when it has a
+        full batch or after DRAIN_WAIT_SECONDS with what it has; the first call that has any
+        record ends the batch, so nothing waits for the rest of --commit-interval-seconds,
+        which bounds only how long an idle loop goes without a health beat.
+
+        A backlog gives full batches; live traffic is committed once it stops arriving instead
+        of after the whole interval (the interval used to be most of this job's latency).
+        Every batch still comes from a single consume call, so rebalances interleave with
+        batches exactly as before.
+        """
+        size = self.config.batch_size
+        deadline = time.monotonic() + self.config.commit_interval_seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            messages = self.consumer.consume(num_messages=size, timeout=max(0.0, min(remaining, DRAIN_WAIT_SECONDS)))
+            if messages or remaining <= DRAIN_WAIT_SECONDS or self.stop.is_set():
+                return messages
 
     def _close(self) -> None:
         log.info("event=stopping")
@@ -298,11 +338,12 @@ class AggregatorJob:
         counts["applied"], counts["nulls"] = applied, nulls
         produce = self._produce
         grace = self.settings.grace_us
+        emit_time = state.timestamp(now_us)
         for p in sorted({message.partition() for message in messages}):
             partition_state = states[p]
             aggregates, late, changelog = partition_state.flush()
             for aggregate in aggregates:
-                record = records.encode(topics.IOT_AGGREGATES, aggregate_message(aggregate, now_us))
+                record = records.encode(topics.IOT_AGGREGATES, aggregate_message(aggregate, now_us, emit_time))
                 produce(record.topic, record.key, record.value, record.headers)
                 closed = "true" if aggregate[-1] else "false"
                 counts["aggregates"][closed] = counts["aggregates"].get(closed, 0) + 1
