@@ -1,0 +1,8 @@
+"""bazel run //deploy:logs -- --help (see deploy/stack/README.md)."""
+
+import sys
+
+from deploy.stack import cli
+
+if __name__ == "__main__":
+    sys.exit(cli.logs_main())
