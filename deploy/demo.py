@@ -38,7 +38,14 @@ from services.iot_simulator.model import Fleet, TickCounts
 from services.iot_simulator.writer import ReadingsWriter
 
 SAMPLES_PER_TOPIC = 5
-PIPELINE_TOPICS = (topics.IOT_CDC_READINGS, topics.IOT_AGGREGATES, topics.IOT_LATE_READINGS)
+PIPELINE_TOPICS = (
+    topics.IOT_CDC_READINGS,
+    topics.IOT_AGGREGATES,
+    topics.IOT_LATE_READINGS,
+    # The analytics service also consumes these.
+    topics.BEHAVIOUR_METRICS,
+    topics.BEHAVIOUR_SESSIONS,
+)
 
 
 def step(text: str) -> None:

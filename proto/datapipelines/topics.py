@@ -198,6 +198,21 @@ BEHAVIOUR_EVENTS = Topic(
 )
 
 
+BEHAVIOUR_LATE_EVENTS = Topic(
+    name="behaviour.events.late.v1",
+    description=(
+        "Events the Flink job received behind its watermark (side output), unchanged as messages, "
+        "with dp.late.reason, dp.late.watermark.ms and dp.late.lateness.ms headers."
+    ),
+    value_format=PROTOBUF,
+    message_type="datapipelines.behaviour.v1.UserEvent",
+    module="datapipelines.behaviour.v1.user_event_pb2",
+    key=lambda m: m.session_id or m.anonymous_id or m.user_id,
+    key_description="session id, as on behaviour.events.v1",
+    partitions=1,
+    retention_ms=30 * DAY_MS,
+)
+
 BEHAVIOUR_METRICS = Topic(
     name="behaviour.metrics.v1",
     description="Windowed behaviour metrics from the Flink job.",
@@ -225,6 +240,7 @@ SOURCES: tuple[Topic, ...] = (
     IOT_AGGREGATES,
     IOT_LATE_READINGS,
     BEHAVIOUR_EVENTS,
+    BEHAVIOUR_LATE_EVENTS,
     BEHAVIOUR_METRICS,
     BEHAVIOUR_SESSIONS,
 )
