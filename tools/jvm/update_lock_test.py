@@ -5,7 +5,7 @@ from tools.jvm.maven_lock import Coordinate
 
 LISTING = """
 The following files have been resolved:
-   org.example:root:jar:1.0:compile:/m2/org/example/root/1.0/root-1.0.jar
+   org.example:app:jar:1.0:compile:/m2/org/example/app/1.0/app-1.0.jar
    org.example:dep:jar:2.1:runtime:/m2/org/example/dep/2.1/dep-2.1.jar -- module org.example.dep (auto)
    org.example:native:jar:linux-x86_64:3.0:runtime:/m2/org/example/native/3.0/native-3.0-linux-x86_64.jar -- module n [auto]
 
@@ -15,7 +15,7 @@ The following files have been resolved:
 def test_parse_dependency_list_reads_classifiers_and_module_suffixes():
     resolved = update_lock.parse_dependency_list(LISTING)
     assert resolved == {
-        Coordinate("org.example", "root", "1.0"): pathlib.Path("/m2/org/example/root/1.0/root-1.0.jar"),
+        Coordinate("org.example", "app", "1.0"): pathlib.Path("/m2/org/example/app/1.0/app-1.0.jar"),
         Coordinate("org.example", "dep", "2.1"): pathlib.Path("/m2/org/example/dep/2.1/dep-2.1.jar"),
         Coordinate("org.example", "native", "3.0", "linux-x86_64"): pathlib.Path(
             "/m2/org/example/native/3.0/native-3.0-linux-x86_64.jar"
