@@ -109,44 +109,28 @@ IOT_AGGREGATOR_CHANGELOG = Topic(
 
 # Kafka Connect (distributed worker) keeps its configuration, source offsets (the PostgreSQL
 # LSN Debezium confirmed) and task status in these compacted topics.
-CONNECT_CONFIGS = Topic(
-    name="connect.iot.configs",
-    description="Kafka Connect connector and task configurations.",
-    value_format=CONNECT_INTERNAL,
-    message_type=None,
-    module=None,
-    key=None,
-    key_description="written by Kafka Connect",
-    partitions=1,  # Connect requires exactly one partition here
-    retention_ms=-1,
-    cleanup_policy="compact",
-)
+def connect_internal(name: str, description: str, partitions: int) -> Topic:
+    """A compacted topic Kafka Connect keeps its own state in, kept forever."""
+    return Topic(
+        name=name,
+        description=description,
+        value_format=CONNECT_INTERNAL,
+        message_type=None,
+        module=None,
+        key=None,
+        key_description="written by Kafka Connect",
+        partitions=partitions,
+        retention_ms=-1,
+        cleanup_policy="compact",
+    )
 
-CONNECT_OFFSETS = Topic(
-    name="connect.iot.offsets",
-    description="Kafka Connect source offsets (Debezium's confirmed PostgreSQL LSN).",
-    value_format=CONNECT_INTERNAL,
-    message_type=None,
-    module=None,
-    key=None,
-    key_description="written by Kafka Connect",
-    partitions=3,
-    retention_ms=-1,
-    cleanup_policy="compact",
-)
 
-CONNECT_STATUS = Topic(
-    name="connect.iot.status",
-    description="Kafka Connect connector and task status.",
-    value_format=CONNECT_INTERNAL,
-    message_type=None,
-    module=None,
-    key=None,
-    key_description="written by Kafka Connect",
-    partitions=1,
-    retention_ms=-1,
-    cleanup_policy="compact",
+# Connect requires exactly one partition for its configs topic.
+CONNECT_CONFIGS = connect_internal("connect.iot.configs", "Kafka Connect connector and task configurations.", 1)
+CONNECT_OFFSETS = connect_internal(
+    "connect.iot.offsets", "Kafka Connect source offsets (Debezium's confirmed PostgreSQL LSN).", 3
 )
+CONNECT_STATUS = connect_internal("connect.iot.status", "Kafka Connect connector and task status.", 1)
 
 DEBEZIUM_HEARTBEAT = Topic(
     name="__debezium-heartbeat.iot",
