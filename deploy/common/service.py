@@ -79,7 +79,7 @@ class ServiceProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
-                preexec_fn=die_with_parent,
+                preexec_fn=die_with_parent(),
             )
         if self.health_url:
             self.wait_healthy(timeout)

@@ -63,12 +63,20 @@ def _npm_lock_repository_impl(rctx):
                 lock = rctx.attr.package_lock,
             ))
         build.append('sh_binary(\n    name = "{name}",\n    srcs = ["{path}"],\n)\n'.format(name = name, path = path))
+    for name, path in sorted(rctx.attr.files.items()):
+        if not rctx.path(path).exists:
+            fail("@{name}: npm ci finished but {path} does not exist; is the package providing it in {lock}?".format(
+                name = rctx.name,
+                path = path,
+                lock = rctx.attr.package_lock,
+            ))
+        build.append('filegroup(\n    name = "{name}",\n    srcs = ["{path}"],\n)\n'.format(name = name, path = path))
     rctx.file("BUILD.bazel", "\n".join(build))
     rctx.file("WORKSPACE", 'workspace(name = "%s")\n' % rctx.name)
 
 npm_lock_repository = repository_rule(
     implementation = _npm_lock_repository_impl,
-    doc = "Runs `npm ci` over a committed package.json + package-lock.json and exposes binaries.",
+    doc = "Runs `npm ci` over a committed package.json + package-lock.json and exposes binaries and files.",
     attrs = {
         "package_json": attr.label(mandatory = True, allow_single_file = True),
         "package_lock": attr.label(mandatory = True, allow_single_file = True),
@@ -80,6 +88,10 @@ npm_lock_repository = repository_rule(
         "binaries": attr.string_dict(
             doc = "Target name -> path of an executable inside the repository, e.g. " +
                   '{"buf": "node_modules/@bufbuild/buf-linux-x64/bin/buf"}.',
+        ),
+        "files": attr.string_dict(
+            doc = "Target name -> path of a plain file inside the repository (a browser bundle, " +
+                  'a licence), exposed as a filegroup, e.g. {"chart_js": "node_modules/chart.js/dist/chart.umd.min.js"}.',
         ),
         "platforms": attr.string_list(
             default = ["linux-x86_64"],

@@ -51,21 +51,73 @@ def main(site_dir: str, output: str) -> None:
     for dist_info in sorted(site.glob("*.dist-info")):
         metadata = email.parser.Parser().parsestr((dist_info / "METADATA").read_text(encoding="utf-8"))
         dists[normalise(metadata["Name"])] = (record_files(site, dist_info), requirements(metadata))
+    graph = {name: sorted(r for r in required if r in dists and r != name) for name, (_, required) in dists.items()}
     lines = ['package(default_visibility = ["//visibility:public"])', ""]
-    for name, (files, required) in sorted(dists.items()):
-        deps = sorted(":" + r for r in required if r in dists and r != name)
-        lines += [
-            "py_library(",
-            "    name = %r," % name,
-            "    srcs = %r," % [f for f in files if f.endswith(".py")],
-            "    data = %r," % [f for f in files if not f.endswith(".py")],
-            "    imports = [\"site-packages\"],",
-            "    deps = %r," % deps,
-            ")",
-            "",
-        ]
+    for group in sorted(cycles(graph)):
+        # Distributions that require each other (apache-airflow-core -> a provider ->
+        # apache-airflow -> apache-airflow-core) share one library; Bazel forbids cycles.
+        files = [f for name in group for f in dists[name][0]]
+        deps = sorted({":" + r for name in group for r in graph[name] if r not in group})
+        lines += _library(_cycle_name(group), files, deps)
+    in_cycle = {name: _cycle_name(group) for group in cycles(graph) for name in group}
+    for name, (files, _) in sorted(dists.items()):
+        if name in in_cycle:
+            lines += _library(name, [], [":" + in_cycle[name]])
+        else:
+            lines += _library(name, files, [":" + r for r in graph[name]])
     pathlib.Path(output).write_text("\n".join(lines), encoding="utf-8")
 
+
+def _library(name: str, files: list[str], deps: list[str]) -> list[str]:
+    return [
+        "py_library(",
+        "    name = %r," % name,
+        "    srcs = %r," % [f for f in files if f.endswith(".py")],
+        "    data = %r," % [f for f in files if not f.endswith(".py")],
+        "    imports = [\"site-packages\"],",
+        "    deps = %r," % sorted(deps),
+        ")",
+        "",
+    ]
+
+
+def _cycle_name(group: tuple) -> str:
+    return "_cycle_" + group[0]
+
+
+def cycles(graph: dict[str, list[str]]) -> list[tuple]:
+    """The strongly connected components with more than one member (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(tuple(sorted(group)))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])

@@ -48,3 +48,28 @@ def test_one_library_per_distribution(tmp_path):
     # Only requirements present in the set, and never extras.
     assert libs["foo_bar"]["deps"] == [":baz"]
     assert libs["baz"]["imports"] == ["site-packages"]
+
+
+def test_distributions_that_require_each_other_share_one_library(tmp_path):
+    # apache-airflow-core -> apache-airflow-providers-common-compat -> apache-airflow -> core
+    site = tmp_path / "site-packages"
+    make_dist(site, "core", "1.0", ["core/__init__.py"], requires=["compat", "leaf"])
+    make_dist(site, "compat", "1.0", ["compat/__init__.py"], requires=["meta"])
+    make_dist(site, "meta", "1.0", ["meta/__init__.py", "meta/x.json"], requires=["core"])
+    make_dist(site, "leaf", "1.0", ["leaf.py"])
+    make_dist(site, "user", "1.0", ["user.py"], requires=["meta"])
+    out = tmp_path / "BUILD.bazel"
+    subprocess.run([sys.executable, "tools/pip/gen_build.py", str(site), str(out)], check=True)
+    libs = libraries(out.read_text())
+    shared = libs["_cycle_compat"]
+    assert sorted(shared["srcs"]) == ["site-packages/compat/__init__.py", "site-packages/core/__init__.py",
+                                      "site-packages/meta/__init__.py"]
+    # Data files and each member's metadata (entry points are found through it) stay with it.
+    assert "site-packages/meta/x.json" in shared["data"]
+    for name in ("core", "compat", "meta"):
+        assert "site-packages/%s-1.0.dist-info/METADATA" % name in shared["data"]
+    assert shared["deps"] == [":leaf"]
+    for name in ("core", "compat", "meta"):
+        assert libs[name]["deps"] == [":_cycle_compat"] and libs[name]["srcs"] == []
+    assert libs["user"]["deps"] == [":meta"]
+    assert libs["leaf"]["deps"] == []
