@@ -9,6 +9,9 @@
     GET /api/v1/behaviour/sessions/summary?...
     GET /api/v1/behaviour/funnel?...
     GET /api/v1/behaviour/top-pages?...
+    GET /api/v1/iot/series?...
+    GET /api/v1/pipeline/dead-letters    records held in every dead-letter and late-data topic
+    GET /dashboards[/iot|/behaviour]     the live dashboard pages (services/analytics/web)
     GET /healthz                         the process is up
     GET /readyz                          the store answers and the consumer has partitions
     GET /metrics                         Prometheus text format
@@ -33,19 +36,26 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from services.analytics import queries
 from services.analytics.metrics import Metrics
 from services.analytics.store import Store, StoreError
+from services.analytics.topic_counts import TopicCountError, TopicCounts
+from services.analytics.web.pages import Pages
 
 LOG = logging.getLogger("analytics.http")
+DEAD_LETTERS_PATH = "/api/v1/pipeline/dead-letters"
 
 
 class Api:
-    """What the handler needs, injected: the store, metrics, readiness, a clock."""
+    """What the handler needs, injected: the store, metrics, readiness, a clock, and optionally the
+    dashboard pages and the side-topic counter (their routes answer 404/503 without them)."""
 
     def __init__(self, store: Store, metrics: Metrics, is_consuming: Callable[[], bool],
-                 now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
+                 now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+                 pages: Optional[Pages] = None, topic_counts: Optional[TopicCounts] = None):
         self.store = store
         self.metrics = metrics
         self.is_consuming = is_consuming
         self.now = now
+        self.pages = pages
+        self.topic_counts = topic_counts
         self.draining = threading.Event()
 
     def readiness(self) -> tuple:
@@ -73,6 +83,14 @@ class Api:
             return (200, CONTENT_TYPE_LATEST, self.metrics.exposition(), "/metrics")
         if path == "/api/v1/queries":
             return _json(200, {"queries": [query.describe() for query in queries.ALL]}) + (path,)
+        if path == "/dashboards" or path.startswith("/dashboards/"):
+            found = self.pages.get(path) if self.pages is not None else None
+            if found is None:
+                return _json(404, {"error": "not-found", "detail": "no dashboard file %s; the pages are "
+                                   "/dashboards/iot and /dashboards/behaviour" % path[:100]}) + ("/dashboards",)
+            return (200, found[0], found[1], "/dashboards")
+        if path == DEAD_LETTERS_PATH:
+            return self.dead_letters() + (path,)
         query = queries.BY_PATH.get(path)
         if query is None:
             return _json(404, {"error": "not-found", "detail": "no route %s; GET /api/v1/queries lists the queries"
@@ -93,6 +111,24 @@ class Api:
         finally:
             self.metrics.query_seconds.labels(query.name).observe(time.monotonic() - started)
         return _json(200, body) + (path,)
+
+
+    def dead_letters(self) -> tuple:
+        """Records in every dead-letter and late topic (from Kafka), and this sink's dead letters by reason."""
+        sink = []
+        for family in self.metrics.dead_letters.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    sink.append({"topic": sample.labels["topic"], "reason": sample.labels["reason"],
+                                 "records": int(sample.value)})
+        if self.topic_counts is None:
+            return _json(503, {"error": "unavailable", "detail": "this server counts no topics (no Kafka client)",
+                               "analytics_sink": sink})
+        try:
+            counted = self.topic_counts.counts()
+        except TopicCountError as err:
+            return _json(503, {"error": "kafka-unavailable", "detail": str(err)[:500], "analytics_sink": sink})
+        return _json(200, {"caught_up": counted["caught_up"], "topics": counted["topics"], "analytics_sink": sink})
 
 
 def _json(status: int, payload: dict) -> tuple:

@@ -10,6 +10,7 @@ import pytest
 from services.analytics import http_api, migrations, protobuf_schema, sink, testing
 from services.analytics.metrics import Metrics
 from services.analytics.store import ChdbStore
+from services.analytics.web.pages import Pages
 
 NOW = dt.datetime(2023, 11, 14, 23, 0, tzinfo=dt.timezone.utc)
 
@@ -28,7 +29,7 @@ def api(tmp_path_factory):
         store.insert_protobuf(target.ingest_table, schema, name,
                               protobuf_schema.frame([m.SerializeToString() for m in values]))
     consuming = {"assigned": True}
-    app = http_api.Api(store, Metrics(), lambda: consuming["assigned"], now=lambda: NOW)
+    app = http_api.Api(store, Metrics(), lambda: consuming["assigned"], now=lambda: NOW, pages=Pages.load())
     server = http_api.make_server(app, "127.0.0.1", 0)
     thread = http_api.serve_in_thread(server)
     base = "http://127.0.0.1:%d" % server.server_address[1]
@@ -124,7 +125,7 @@ def test_unknown_routes_and_methods(api):
 def test_catalogue(api):
     base, _, _ = api
     status, body = get_json(base + "/api/v1/queries")
-    assert status == 200 and len(body["queries"]) == 8
+    assert status == 200 and len(body["queries"]) == 9
     assert {q["path"] for q in body["queries"]} >= {
         "/api/v1/behaviour/metrics", "/api/v1/behaviour/sessions/summary", "/api/v1/behaviour/funnel",
         "/api/v1/behaviour/top-pages"}
@@ -147,3 +148,37 @@ def test_health_readiness_and_metrics(api):
     for name in ("analytics_rows_inserted", "analytics_batches", "analytics_insert_seconds",
                  "analytics_consumer_lag", "analytics_dead_letters", "analytics_ready"):
         assert "# TYPE %s" % name in text, name
+
+
+def test_series_of_every_site(api):
+    base, _, _ = api
+    status, body = get_json(base + "/api/v1/iot/series?scope=site&from=2023-11-14T22:00:00Z")
+    assert status == 200 and body["query"] == "iot_series" and body["row_count"] == 2 * 3
+    assert [(row["key_id"], row["window_start"]) for row in body["rows"][:2]] == [
+        ("site-0", "2023-11-14T22:14:00.000Z"), ("site-0", "2023-11-14T22:15:00.000Z")]
+    status, body = get_json(base + "/api/v1/iot/series?scope=planet")
+    assert status == 400 and body["problems"] == ["scope: must be one of device|site, got 'planet'"]
+
+
+def test_dashboard_pages_and_their_files(api):
+    base, _, _ = api
+    for path in ("/dashboards", "/dashboards/iot", "/dashboards/behaviour/"):
+        status, content_type, body = call(base + path)
+        assert status == 200 and content_type == "text/html; charset=utf-8" and body.startswith(b"<!doctype html>")
+    status, content_type, body = call(base + "/dashboards/static/chart.umd.min.js")
+    assert status == 200 and content_type.startswith("text/javascript") and b"Chart" in body and len(body) > 100_000
+    status, content_type, _ = call(base + "/dashboards/static/style.css")
+    assert status == 200 and content_type.startswith("text/css")
+    for missing in ("/dashboards/static/../../main.py", "/dashboards/static/nope.js", "/dashboards/admin"):
+        status, body = get_json(base + missing)
+        assert status == 404 and "/dashboards/iot" in body["detail"], missing
+    status, _, _ = call(base + "/dashboards/iot", method="POST")
+    assert status == 405
+
+
+def test_dead_letters_without_a_kafka_client_is_unavailable_but_reports_the_sink(api):
+    base, app, _ = api
+    app.metrics.dead_letters.labels("iot.aggregates.v1", "undecodable-payload").inc(2)
+    status, body = get_json(base + "/api/v1/pipeline/dead-letters")
+    assert status == 503 and body["error"] == "unavailable"
+    assert {"topic": "iot.aggregates.v1", "reason": "undecodable-payload", "records": 2} in body["analytics_sink"]

@@ -19,9 +19,10 @@ from typing import Optional, Sequence
 from confluent_kafka import Consumer, Producer
 
 from datapipelines import kafka
-from services.analytics import config, http_api, migrations, sink
+from services.analytics import config, http_api, migrations, sink, topic_counts
 from services.analytics.metrics import Metrics
 from services.analytics.store import ChdbStore, ClickHouseServerStore, Store, StoreError
+from services.analytics.web import pages
 
 LOG = logging.getLogger("analytics")
 
@@ -70,7 +71,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     the_sink = sink.Sink(store, consumer, producer, targets, settings.group, metrics,
                          batch_size=settings.batch_size, batch_max_seconds=settings.batch_max_ms / 1000,
                          crash_point=settings.crash_point)
-    api = http_api.Api(store, metrics, lambda: the_sink.assigned)
+    try:
+        dashboard_pages = pages.Pages.load()
+    except pages.PagesError as err:  # the API still works; the pages answer 404
+        LOG.error("event=dashboards_unavailable error=%r", str(err))
+        dashboard_pages = None
+    counts = topic_counts.TopicCounts(settings.bootstrap)
+    api = http_api.Api(store, metrics, lambda: the_sink.assigned, pages=dashboard_pages, topic_counts=counts)
     try:
         server = http_api.make_server(api, settings.host, settings.port)
     except OSError as err:
@@ -80,7 +87,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         store.close()
         return 2
     http_thread = http_api.serve_in_thread(server)
-    LOG.info("event=http_listening host=%s port=%d", settings.host, server.server_address[1])
+    LOG.info("event=http_listening host=%s port=%d dashboards=http://%s:%d/dashboards", settings.host,
+             server.server_address[1], settings.host, server.server_address[1])
 
     stop = threading.Event()
     failure: list = []
@@ -116,6 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         LOG.error("event=drain_timeout seconds=%.1f note=%r", settings.drain_seconds,
                   "last batch not committed; it is replayed on restart and collapses by version")
     http_api.stop(server, http_thread)
+    counts.close()
     if drained:
         store.close()
     LOG.info("event=stopped drained=%s drain_ms=%d failed=%s", drained, (time.monotonic() - began) * 1000,

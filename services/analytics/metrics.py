@@ -22,7 +22,9 @@ class Metrics:
             "analytics_batch_rows", "Records per stored batch.", ["topic"],
             buckets=(1, 10, 100, 1_000, 10_000, 50_000, 100_000, 500_000), registry=r)
         self.consumer_lag = Gauge(
-            "analytics_consumer_lag", "Records behind the partition's high watermark after the last batch.",
+            "analytics_consumer_lag",
+            "Records of each assigned partition not yet stored and committed (end offset, the last stable offset "
+            "under read_committed, minus the next offset to read); NaN while the broker cannot say.",
             ["topic", "partition"], registry=r)
         self.dead_letters = Counter(
             "analytics_dead_letters", "Records sent to the dead-letter topic, by reason.", ["topic", "reason"],

@@ -298,6 +298,35 @@ def _render_devices_top(v: dict) -> Rendered:
     })
 
 
+# Every key of one scope at once (the dashboards' per-site and per-device charts): the columns a
+# chart needs, ordered by key then time, so a client splits the rows into one series per key.
+SERIES_SQL = """SELECT
+    key_id,
+    site_id,
+    toUnixTimestamp64Milli(window_start) AS window_start_ms,
+    toUnixTimestamp64Milli(window_end) AS window_end_ms,
+    reading_count,
+    late_reading_count,
+    temperature_celsius_count, temperature_celsius_min, temperature_celsius_max, temperature_celsius_mean,
+    humidity_percent_count, humidity_percent_min, humidity_percent_max, humidity_percent_mean,
+    window_closed
+FROM iot_reading_aggregates FINAL
+WHERE scope = {scope:String}
+  AND window_kind = {window_kind:String}
+  AND window_start >= {from:DateTime64(3, 'UTC')}
+  AND window_start < {to:DateTime64(3, 'UTC')}
+  AND ({site_id:String} = '' OR site_id = {site_id:String})
+ORDER BY key_id, window_start, window_end
+LIMIT {limit:UInt32}"""
+
+
+def _render_series(v: dict) -> Rendered:
+    return Rendered(SERIES_SQL, {
+        "scope": v["scope"], "window_kind": v["window_kind"], "from": sql_time(v["from"]), "to": sql_time(v["to"]),
+        "site_id": v["site_id"] or "", "limit": str(v["limit"]),
+    })
+
+
 def _now(now: dt.datetime) -> dt.datetime:
     return now
 
@@ -334,6 +363,23 @@ SITES_LATEST = NamedQuery(
     ),
     render=_render_sites_latest,
     time_columns=("window_start_ms", "window_end_ms", "emit_time_ms"),
+)
+
+SERIES = NamedQuery(
+    name="iot_series",
+    path="/api/v1/iot/series",
+    summary="Latest version of every window of every device or site (of one site, with site_id) in [from, to), "
+            "by key then window start: temperature and humidity stats, reading and late counts.",
+    params=(
+        Param("scope", "choice", "device or site", required=True, choices=SCOPES),
+        WINDOW_KIND,
+        Param("from", "time", "inclusive window start, ISO 8601 (default: to - 1h)"),
+        Param("to", "time", "exclusive window start bound, ISO 8601 (default: now)"),
+        Param("site_id", "key", "the site's own windows (scope=site) or its devices' (scope=device) only"),
+        Param("limit", "int", "most rows returned", default=5000, minimum=1, maximum=10_000),
+    ),
+    render=_render_series,
+    time_columns=("window_start_ms", "window_end_ms"),
 )
 
 DEVICES_TOP = NamedQuery(
@@ -575,7 +621,7 @@ TOP_PAGES = NamedQuery(
     render=_render_top_pages,
 )
 
-ALL = (AGGREGATES, SITES_LATEST, DEVICES_TOP, BEHAVIOUR_METRICS, BEHAVIOUR_SESSIONS, SESSIONS_SUMMARY, FUNNEL,
+ALL = (AGGREGATES, SERIES, SITES_LATEST, DEVICES_TOP, BEHAVIOUR_METRICS, BEHAVIOUR_SESSIONS, SESSIONS_SUMMARY, FUNNEL,
        TOP_PAGES)
 BY_PATH = {query.path: query for query in ALL}
 

@@ -102,7 +102,7 @@ def _defaults(query):
 def test_queries_describe_themselves():
     described = [query.describe() for query in queries.ALL]
     assert {d["path"] for d in described} == {
-        "/api/v1/iot/aggregates", "/api/v1/iot/sites/latest", "/api/v1/iot/devices/top",
+        "/api/v1/iot/aggregates", "/api/v1/iot/series", "/api/v1/iot/sites/latest", "/api/v1/iot/devices/top",
         "/api/v1/behaviour/metrics", "/api/v1/behaviour/sessions", "/api/v1/behaviour/sessions/summary",
         "/api/v1/behaviour/funnel", "/api/v1/behaviour/top-pages"}
     assert len({d["name"] for d in described}) == len(described)
@@ -185,6 +185,29 @@ def test_devices_top_ranks_by_the_merged_statistic(seeded):
         assert row["windows"] == 6
     empty = queries.run(store, queries.DEVICES_TOP, validate(
         queries.DEVICES_TOP, metric="temperature", to="2020-01-01T00:00:00Z"))
+    assert empty["rows"] == []
+
+
+def test_series_returns_every_key_of_a_scope_by_key_then_time(seeded):
+    store, latest = seeded
+    window = {"from": "2023-11-14T22:00:00Z", "to": "2023-11-14T23:00:00Z"}
+    answer = queries.run(store, queries.SERIES, validate(queries.SERIES, scope="site", **window))
+    wanted = sorted((m for m in latest.values() if m.scope == 2 and m.window_kind == 1),
+                    key=lambda m: (m.key_id, m.window_start_time.seconds))
+    assert answer["row_count"] == len(wanted) == 3 * 6
+    for row, message in zip(answer["rows"], wanted):
+        expected = testing.expected_row(message)
+        assert (row["key_id"], row["window_start"]) == (message.key_id, expected["window_start"])
+        for column in ("window_end", "reading_count", "late_reading_count", "temperature_celsius_mean",
+                       "humidity_percent_mean", "humidity_percent_max", "window_closed"):
+            assert row[column] == expected[column], column
+    devices = queries.run(store, queries.SERIES, validate(queries.SERIES, scope="device", site_id="site-1",
+                                                          window_kind="hopping", **window))
+    wanted_keys = {m.key_id for m in latest.values() if m.scope == 1 and m.site_id == "site-1"}
+    assert {row["key_id"] for row in devices["rows"]} == wanted_keys and len(wanted_keys) == 3
+    assert {row["site_id"] for row in devices["rows"]} == {"site-1"} and devices["row_count"] == 3 * 6
+    assert problems(queries.SERIES, {"scope": ["site"], "site_id": ["a b"]})[0].startswith("site_id:")
+    empty = queries.run(store, queries.SERIES, validate(queries.SERIES, scope="site", to="2020-01-01T00:00:00Z"))
     assert empty["rows"] == []
 
 

@@ -87,6 +87,19 @@ class ServiceProcess:
                     total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def metric_samples(self, name: str) -> list:
+        """A metric's samples as (labels, value) pairs, e.g. ({"topic": "t", "partition": "0"}, 0.0)."""
+        _, text = self.get("/metrics")
+        samples = []
+        for line in text.splitlines():
+            if line.startswith(name + "{"):
+                label_text, value = line[len(name) + 1:].rsplit("} ", 1)
+                labels = dict(part.split("=", 1) for part in label_text.split(",") if part)
+                samples.append(({key: raw.strip('"') for key, raw in labels.items()}, float(value)))
+            elif line.startswith(name + " "):
+                samples.append(({}, float(line.rsplit(" ", 1)[1])))
+        return samples
+
     def wait_for(self, condition, timeout: float = 90.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

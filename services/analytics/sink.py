@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import signal
 import threading
 import time
 from typing import Callable, Optional
 
-from confluent_kafka import OFFSET_STORED, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_STORED, KafkaError, KafkaException, TopicPartition
 from google.protobuf.message import Message
 
 from datapipelines import kafka, records, topics
@@ -47,6 +48,11 @@ STORE_REJECTED = "store-rejected"
 # Test-only fault injection (the kill -9 tests): DP_ANALYTICS_CRASH_POINT=<point>:<batch number>
 # SIGKILLs the process at that point of that batch. Points, in order within a batch:
 CRASH_POINTS = ("after-data-insert", "after-offsets-insert", "after-commit")
+
+# The lag gauge is refreshed after every batch and, while no batch is open, at least this often.
+LAG_REFRESH_SECONDS = 1.0
+# Longest wait for a broker to report a partition's watermarks the consumer has not fetched yet.
+WATERMARK_QUERY_SECONDS = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +241,10 @@ class Sink:
         self.batch = Batch()
         self.batches_stored = 0
         self.assignment: list = []
+        # (topic, partition) -> the offset reading starts at after an assignment (the store's resume
+        # point or the committed offset), None when auto.offset.reset decides (earliest).
+        self._start_offsets: dict = {}
+        self._lag_updated = 0.0
         self._assigned = threading.Event()
 
     # --- assignment ----------------------------------------------------------------------
@@ -260,6 +270,7 @@ class Sink:
     def _on_assign(self, consumer, partitions) -> None:
         stored = self.stored_offsets()
         committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=30)}
+        starts = {}
         for tp in partitions:
             key = (tp.topic, tp.partition)
             resume = stored.get(key)
@@ -271,10 +282,14 @@ class Sink:
                          tp.topic, tp.partition, tp.offset, committed.get(key, -1))
             else:
                 tp.offset = OFFSET_STORED
+            starts[key] = tp.offset if tp.offset >= 0 else (committed.get(key, -1) if committed.get(key, -1) >= 0
+                                                            else None)
         # Incremental assignment is not in use (eager protocol): this is the whole assignment.
         consumer.assign(partitions)
         self.assignment = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        self._start_offsets = starts
         self._assigned.set()
+        self.update_lag()
         LOG.info("event=partitions_assigned partitions=%s",
                  ",".join("%s[%d]" % (tp.topic, tp.partition) for tp in partitions))
 
@@ -282,7 +297,7 @@ class Sink:
         # Store and commit what was read from these partitions while they are still ours.
         self.flush()
         consumer.unassign()
-        self.assignment = []
+        self._forget_lag(partitions)
         self._assigned.clear()
         LOG.info("event=partitions_revoked partitions=%s", ",".join(str(tp.partition) for tp in partitions))
 
@@ -290,7 +305,7 @@ class Sink:
         # Another member may own them already: do not commit; the batch is replayed by its owner
         # (and collapses by version if both stored it).
         self.batch = Batch()
-        self.assignment = []
+        self._forget_lag(partitions)
         self._assigned.clear()
         LOG.warning("event=partitions_lost partitions=%s", ",".join(str(tp.partition) for tp in partitions))
 
@@ -311,6 +326,8 @@ class Sink:
                 self.flush()
             elif not len(self.batch):
                 self.batch.started = time.monotonic()
+                if time.monotonic() - self._lag_updated >= LAG_REFRESH_SECONDS:
+                    self.update_lag()
         self.flush()
         LOG.info("event=sink_stopped batches=%d", self.batches_stored)
 
@@ -438,16 +455,54 @@ class Sink:
             span = batch.ranges[(record.topic(), record.partition())]
             span.rows, span.dead_letters = span.rows - 1, span.dead_letters + 1
 
+    def _forget_lag(self, partitions) -> None:
+        """Partitions that are no longer ours leave the lag gauge (another member reports them)."""
+        for tp in partitions:
+            try:
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+            except KeyError:
+                pass
+        self.assignment = []
+        self._start_offsets = {}
+
     def update_lag(self) -> None:
+        """Sets the lag gauge of every assigned partition. Called only while no batch is open, so
+        the consumer's position is also what is stored and committed.
+
+        lag = end of the partition (the last stable offset under read_committed, from the last fetch
+        or, before any fetch, from the broker) - the next offset to read (the consumer's position;
+        before it has one, the start offset of the assignment). A partition the consumer has
+        not fetched from yet therefore still counts; NaN when the broker cannot say (never a
+        false 0).
+        """
+        self._lag_updated = time.monotonic()
         if not self.assignment:
             return
         try:
-            positions = self.consumer.position(self.assignment)
-        except Exception:  # lag is best effort
-            return
-        for tp in positions:
-            if tp.offset < 0:
-                continue
-            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            if high >= 0:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(high - tp.offset, 0))
+            positions = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(self.assignment)}
+        except KafkaException as err:
+            LOG.debug("event=lag_positions_unavailable error=%s", err)
+            positions = {}
+        for tp in self.assignment:
+            key = (tp.topic, tp.partition)
+            next_offset = positions.get(key, -1)
+            if next_offset < 0:
+                next_offset = self._start_offsets.get(key)
+            low, high = self._watermarks(tp, cached=True)
+            if high < 0 or (next_offset is None and low < 0):
+                low, high = self._watermarks(tp, cached=False)
+            if next_offset is None:
+                next_offset = low  # no committed offset: auto.offset.reset=earliest starts at the low watermark
+            lag = max(high - next_offset, 0) if high >= 0 and next_offset >= 0 else math.nan
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    def _watermarks(self, tp: TopicPartition, cached: bool) -> tuple:
+        try:
+            if cached:
+                found = self.consumer.get_watermark_offsets(tp, cached=True)
+            else:
+                found = self.consumer.get_watermark_offsets(tp, timeout=WATERMARK_QUERY_SECONDS, cached=False)
+        except KafkaException as err:
+            LOG.debug("event=lag_watermarks_unavailable topic=%s partition=%d error=%s", tp.topic, tp.partition, err)
+            found = None
+        return found if found is not None else (-1, -1)  # None: the broker did not answer in time

@@ -12,9 +12,10 @@ import random
 import time
 
 import pytest
+from confluent_kafka import Consumer
 
 from datapipelines import kafka
-from services.analytics import testing
+from services.analytics import sink, testing
 from services.analytics.service_process import ServiceProcess, api_rows, produce
 from services.analytics.store import ChdbStore
 from tests.fixtures.kafka_broker import free_ports, kafka_broker  # noqa: F401  (pytest fixture)
@@ -73,13 +74,33 @@ def _union_covers(spans, first, last):
     return position > last
 
 
-def settled(service, produced_count):
-    """Everything produced so far is stored and committed (lag 0 after a batch covering the end)."""
+def sink_partitions(bootstrap):
+    """Every (topic, partition) the service consumes, as the lag gauge labels them."""
+    consumer = Consumer(kafka.consumer_config(bootstrap, "analytics-fault-test-metadata"))
+    try:
+        metadata = consumer.list_topics(timeout=30)
+        return {(target.topic.name, str(partition)) for target in sink.TARGETS
+                for partition in metadata.topics[target.topic.name].partitions}
+    finally:
+        consumer.close()
+
+
+def settled(service, bootstrap):
+    """Everything produced so far is stored and committed: the lag gauge has a sample for every
+    partition the service consumes (including ones it has not fetched from yet) and each is 0."""
+    partitions = sink_partitions(bootstrap)
+    seen = {}
+
     def done():
-        status, body = service.get("/readyz")
-        return status == 200 and service.metric("analytics_consumer_lag") == 0 and \
-            service.metric("analytics_batches_total") > 0
-    service.wait_for(done, what="consumer lag 0")
+        status, _ = service.get("/readyz")
+        seen.clear()
+        seen.update({(labels["topic"], labels["partition"]): lag
+                     for labels, lag in service.metric_samples("analytics_consumer_lag")})
+        return status == 200 and set(seen) == partitions and all(lag == 0 for lag in seen.values())
+    try:
+        service.wait_for(done, what="consumer lag 0 on every partition")
+    except AssertionError as err:
+        raise AssertionError("lag samples %s, partitions %s\n%s" % (seen, sorted(partitions), err)) from None
 
 
 def test_kill_9_at_every_point_of_a_batch_loses_and_doubles_nothing(bootstrap, tmp_path, capsys):
@@ -114,7 +135,7 @@ def test_kill_9_at_every_point_of_a_batch_loses_and_doubles_nothing(bootstrap, t
         resumed.wait_ready()
         assert "event=resume_from_store" in resumed.log_text()
         assert resumed.metric("analytics_skipped_offsets_total") > 0
-        settled(resumed, len(produced))
+        settled(resumed, bootstrap)
         check(resumed, produced)
         assert resumed.kill9() == -9
 
@@ -144,7 +165,7 @@ def test_kill_9_at_every_point_of_a_batch_loses_and_doubles_nothing(bootstrap, t
         # 5. A last clean run: everything produced is there exactly once, at its latest version.
         final = run("final")
         final.wait_ready()
-        settled(final, len(produced))
+        settled(final, bootstrap)
         check(final, produced)
         assert final.terminate() == 0
     finally:

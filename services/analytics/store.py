@@ -15,8 +15,10 @@ engine), which both chdb and the server protocol support.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import logging
+import os
 import pathlib
 import threading
 import urllib.parse
@@ -24,9 +26,13 @@ from typing import Any, Mapping, Optional, Sequence
 
 LOG = logging.getLogger("analytics.store")
 
-# Settings that make ClickHouse decode an insert as length-delimited protobuf messages with the
-# schema given inline (no schema file on the server, so the same insert works everywhere).
+# Inserts are length-delimited protobuf messages. A ClickHouse server gets the schema inline
+# (protobuf_insert_settings: no schema file on the server); chdb reads it from a file in its
+# data path (ChdbStore.schema_file).
 PROTOBUF_FORMAT = "Protobuf"
+
+# Where ChdbStore keeps the .proto files of its Protobuf inserts, inside its data path.
+FORMAT_SCHEMA_DIR = "format_schemas"
 
 
 class StoreError(RuntimeError):
@@ -113,6 +119,10 @@ class ChdbStore(Store):
 
         self.path = pathlib.Path(path)
         self.database = database
+        if ":" in str(self.path.resolve()):
+            # format_schema is `<file>:<message>`; ClickHouse splits it at the first colon.
+            raise StoreError("chdb data path %s contains ':', which the Protobuf inserts cannot name; "
+                             "choose a --data-dir without it" % self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         try:
             self._writer = chdb_session.Session(str(self.path))
@@ -131,6 +141,9 @@ class ChdbStore(Store):
         self._run(self._writer, "CREATE DATABASE IF NOT EXISTS `%s`" % database)
         self._run(self._writer, "USE `%s`" % database)
         self._run(self._reader, "USE `%s`" % database)
+        self.format_schema_path = self.path.resolve() / FORMAT_SCHEMA_DIR
+        self.format_schema_path.mkdir(exist_ok=True)
+        self._schema_files: dict = {}  # schema text -> its file in format_schema_path
 
     def _run(self, session, sql: str, fmt: str = "CSV", params: Optional[Mapping[str, Any]] = None):
         if self._closed:
@@ -164,9 +177,34 @@ class ChdbStore(Store):
                 raise StoreError("chdb insert at %s failed: %s; statement: %s"
                                  % (self.path, str(err).strip(), _short(statement))) from None
 
+    def schema_file(self, schema: str) -> pathlib.Path:
+        """The schema as a file in `<data path>/format_schemas/`, named by its SHA-256.
+
+        clickhouse-local (the engine inside chdb) never applies the `format_schema_path` server
+        setting: relative schema files, and the `__cache__/` folder that
+        `format_schema_source='string'` writes, land in the process's working directory. An
+        absolute path keeps them in the data path. Content-addressed names, because the engine
+        caches a parsed schema by its file name for the life of the process.
+        """
+        path = self._schema_files.get(schema)
+        if path is None:
+            path = self.format_schema_path / (hashlib.sha256(schema.encode("utf-8")).hexdigest()[:32] + ".proto")
+            if not path.is_file() or path.read_text(encoding="utf-8") != schema:
+                partial = path.with_name(path.name + ".tmp-%d" % os.getpid())
+                partial.write_text(schema, encoding="utf-8")
+                os.replace(partial, path)
+            self._schema_files[schema] = path
+        return path
+
     def insert_protobuf(self, table: str, schema: str, message_name: str, payload: bytes) -> None:
-        settings = ", ".join("%s = %s" % (key, sql_string(value))
-                             for key, value in protobuf_insert_settings(schema, message_name).items())
+        if self._closed:
+            raise StoreError("chdb store at %s is closed" % self.path)
+        try:
+            schema_file = self.schema_file(schema)
+        except OSError as err:
+            raise StoreError("cannot write the Protobuf schema into %s: %s" % (self.format_schema_path, err)) from None
+        settings = "format_schema_source = 'file', format_schema = %s" % sql_string(
+            "%s:%s" % (schema_file, message_name))
         self._send_insert("INSERT INTO %s SETTINGS %s" % (table, settings), PROTOBUF_FORMAT, payload)
 
     def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -233,3 +233,28 @@ def test_a_replayed_behaviour_batch_changes_no_query_result(store):
         testing.latest_by(metrics, testing.metric_identity))
     assert store.query("SELECT count() FROM behaviour_sessions").rows[0][0] == 30
     assert answers(store) == before
+
+
+def test_protobuf_schemas_stay_in_the_data_path_not_the_working_directory(store, tmp_path, monkeypatch):
+    """chdb resolves schema files and the `__cache__/` of inline schemas against the working
+    directory (the engine reads it at insert time); the store keeps them under
+    <data path>/format_schemas instead."""
+    working_directory = tmp_path / "cwd"
+    working_directory.mkdir()
+    monkeypatch.chdir(working_directory)
+    messages = testing.stream(devices=2, sites=1, minutes=2, versions=1, seed=5, kinds=(1,))
+    insert(store, messages)
+    insert(store, messages)  # the second insert reuses the schema file
+    metrics = testing.behaviour_stream(minutes=1, versions=1, seed=5, kinds=(1,))
+    insert_into(store, sink.BEHAVIOUR_METRICS, metrics)
+    assert len(stored_rows(store)) == len(testing.latest(messages))
+    assert store.query("SELECT count() FROM behaviour_metrics").rows[0][0] == len(metrics)
+    assert sorted(p.name for p in working_directory.iterdir()) == [], "the store wrote into the working directory"
+    files = sorted((tmp_path / "analytics" / "format_schemas").iterdir())
+    assert [p.suffix for p in files] == [".proto", ".proto"]
+    assert {p.read_text() for p in files} == {TARGET.insert_schema()[0], sink.BEHAVIOUR_METRICS.insert_schema()[0]}
+
+
+def test_a_data_path_with_a_colon_is_refused_clearly(tmp_path):
+    with pytest.raises(StoreError, match="contains ':'"):
+        ChdbStore(tmp_path / "a:b")
