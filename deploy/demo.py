@@ -1,7 +1,7 @@
 """The project's demo: what runs today, end to end, on this machine.
 
     bazel run //deploy:demo
-    bazel run //deploy:demo -- --iot-seconds 60 --iot-rate 1000
+    bazel run //deploy:demo -- --iot-seconds 60 --iot-rate 1000 --behaviour-seconds 90
 
 Steps (each printed as it happens):
   1. start the IoT pipeline on free loopback ports: Kafka (KRaft), PostgreSQL, Kafka Connect
@@ -14,7 +14,12 @@ Steps (each printed as it happens):
   5. send a malformed record and show it in the dead-letter topic with its reason;
   6. IoT: simulated devices write readings (with late ones, corrections and deletions) into
      PostgreSQL; Debezium streams the changes, the aggregator windows them, the analytics
-     service stores them; the demo prints aggregate rows read back from ClickHouse.
+     service stores them; the demo prints aggregate rows read back from ClickHouse;
+  7. behaviour: the ingestion service (gRPC), the Flink job (mini-cluster) and the WebSocket
+     gateway join the same broker and analytics service; emulated users browse the shop, a real
+     WebSocket client adds a few visits, then "closing" events a few minutes ahead close every
+     window and session; the demo prints events per minute by type, sessions and the funnel
+     read back from ClickHouse.
 Exits non-zero when any check fails. It grows as the pipelines land.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import pathlib
@@ -32,6 +38,7 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from datapipelines import catalog, kafka, records, samples, topics
+from deploy.pipelines.behaviour import BehaviourPipeline, BehaviourPipelineConfig
 from deploy.pipelines.iot import IotPipeline, IotPipelineConfig
 from services.iot_simulator.config import SimulatorConfig
 from services.iot_simulator.model import Fleet, TickCounts
@@ -42,10 +49,18 @@ PIPELINE_TOPICS = (
     topics.IOT_CDC_READINGS,
     topics.IOT_AGGREGATES,
     topics.IOT_LATE_READINGS,
-    # The analytics service also consumes these.
+    # The behaviour pipeline's topics (the analytics service consumes metrics and sessions).
+    topics.BEHAVIOUR_EVENTS,
+    topics.BEHAVIOUR_LATE_EVENTS,
     topics.BEHAVIOUR_METRICS,
     topics.BEHAVIOUR_SESSIONS,
 )
+# Behaviour windows: 1-min tumbling and 5-min hopping; sessions end after BEHAVIOUR_SESSION_GAP_S
+# of silence (shortened from 30 min so the demo's sessions close); closing events this far ahead
+# move the watermark past every window and session of the run.
+BEHAVIOUR_SESSION_GAP_S = 60
+BEHAVIOUR_LATENESS_S = 10
+BEHAVIOUR_CLOSING_AHEAD_S = 400
 
 
 def step(text: str) -> None:
@@ -226,6 +241,138 @@ def show_iot_results(pipeline: IotPipeline) -> list[str]:
     return []
 
 
+def run_behaviour(pipeline: IotPipeline, state: pathlib.Path, seconds: float, users: int, rate: float) -> list[str]:
+    """The behaviour pipeline on the IoT pipeline's broker and analytics service; prints what ClickHouse serves."""
+    from websockets.sync.client import connect
+
+    say = lambda line: print("  " + line, flush=True)  # noqa: E731
+    behaviour = BehaviourPipeline(BehaviourPipelineConfig(
+        state_dir=state / "behaviour", bootstrap=pipeline.bootstrap, analytics_url=pipeline.analytics_url,
+        users=users, rate=rate, allowed_lateness_seconds=BEHAVIOUR_LATENESS_S, max_lateness_seconds=4,
+        session_gap_seconds=BEHAVIOUR_SESSION_GAP_S, max_clock_skew_seconds=BEHAVIOUR_CLOSING_AHEAD_S + 300,
+        checkpoint_interval_seconds=2, parallelism=1), say=say)
+    started_ms = int(time.time() * 1000)
+    try:
+        step("behaviour: starting the ingestion service (gRPC), the Flink job and the WebSocket gateway")
+        behaviour.start()
+        print("  started in " + ", ".join(f"{k} {v:.1f} s" for k, v in behaviour.timings.items()))
+
+        step(f"behaviour: {users} emulated users browse for {seconds:.0f} s; a real WebSocket client adds visits")
+        client_ms = int(time.time() * 1000)
+        visit = [("page_view", None, "/"), ("product_view", {"product_id": "sku-007"}, "/p/sku-007"),
+                 ("add_to_cart", {"product_id": "sku-007", "quantity": 1}, "/p/sku-007"),
+                 ("checkout", {"checkout_id": "co-demo"}, "/checkout"),
+                 ("purchase", {"order_id": "o-demo", "item_count": 1,
+                               "order_total": {"currency_code": "EUR", "amount_minor": 4999}}, "/order/o-demo")]
+        acked = _send_events(behaviour.websocket_url, [
+            _client_event(f"demo-{client_ms}-{i}", "demo-visitor", client_ms + i * 500, kind, props, path)
+            for i, (kind, props, path) in enumerate(visit)], connect)
+        print(f"  real client: {acked}/{len(visit)} events acknowledged (in Kafka)")
+        began = time.monotonic()
+        while time.monotonic() - began < seconds:
+            time.sleep(min(10.0, seconds - (time.monotonic() - began)))
+            emulated = behaviour.gateway_metric("dp_ws_emulated_events_total")
+            print(f"  {time.monotonic() - began:4.0f} s: {emulated:.0f} emulated events", flush=True)
+        summary = behaviour.stop_gateway()
+        print("  emulation: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "seconds"))
+
+        step("behaviour: 3 events three minutes old (late: to the side output), then closing events move "
+             "event time ahead, so every window and session closes")
+        behaviour.start_gateway(users=0)
+        old = int(time.time() * 1000) - 180_000
+        _send_events(behaviour.websocket_url, [
+            _client_event(f"demo-late-{old}-{i}", "demo-late-visitor", old + i, "page_view", None, "/")
+            for i in range(3)], connect)
+        ahead = int(time.time() * 1000) + BEHAVIOUR_CLOSING_AHEAD_S * 1000
+        _send_events(behaviour.websocket_url, [
+            _client_event(f"demo-closing-{ahead}-{i}", f"closing-{i}", ahead + i, "page_view", None, "/")
+            for i in range(6)], connect)
+        return show_behaviour_results(behaviour, started_ms)
+    except Exception as exc:  # reported as a failed check; the IoT part stays valid
+        print(f"  the behaviour pipeline failed: {exc}")
+        return ["behaviour"]
+    finally:
+        behaviour.stop()
+
+
+def _client_event(event_id: str, visitor: str, ms: int, kind: str, properties, path: str) -> dict:
+    event = {"type": "event", "event_id": event_id, "event_type": kind, "session_id": f"{visitor}-session",
+             "anonymous_id": visitor, "client_time": ms, "page": {"path": path}, "device": {"category": "desktop"}}
+    if properties is not None:
+        event["properties"] = properties
+    return event
+
+
+def _send_events(url: str, events: list[dict], connect) -> int:
+    with connect(url) as ws:
+        ws.recv(timeout=10)  # hello
+        for event in events:
+            ws.send(json.dumps(event))
+        acked = 0
+        for _ in events:
+            acked += json.loads(ws.recv(timeout=60)).get("type") == "ack"
+    return acked
+
+
+def show_behaviour_results(behaviour: BehaviourPipeline, started_ms: int) -> list[str]:
+    since = dt.datetime.fromtimestamp(started_ms / 1000 - 600, dt.timezone.utc).isoformat()
+    until = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).isoformat()
+    # Wait until the sessions are served and the served rows stop changing.
+    previous, rows, deadline = None, [], time.monotonic() + 120
+    while time.monotonic() < deadline:
+        rows = behaviour.query("/api/v1/behaviour/metrics", dimension="event_type", window_kind="tumbling",
+                               limit=10000, **{"from": since, "to": until})["rows"]
+        sessions = behaviour.query("/api/v1/behaviour/sessions/summary", **{"from": since, "to": until})["rows"]
+        snapshot = (len(rows), sessions[0]["sessions"] if sessions else 0)
+        if rows and snapshot[1] and snapshot == previous:
+            break
+        previous = snapshot
+        time.sleep(3)
+    if not rows:
+        print("  the analytics service serves no behaviour metrics")
+        return ["behaviour"]
+    by_minute: dict[str, dict[str, int]] = {}
+    for r in rows:
+        kind = r["dimension_value"].replace("USER_EVENT_TYPE_", "").lower()
+        by_minute.setdefault(r["window_start"], {})[kind] = r["event_count"]
+    kinds = ["page_view", "product_view", "click", "scroll", "search", "add_to_cart", "remove_from_cart",
+             "checkout", "purchase"]
+    print("  events per minute by type (1-minute tumbling windows, ClickHouse FINAL):")
+    print("  " + f"{'minute (UTC)':<25}" + "".join(f"{k[:12]:>13}" for k in kinds))
+    for minute, counts in sorted(by_minute.items()):
+        print("  " + f"{minute:<25}" + "".join(f"{counts.get(k, 0):>13}" for k in kinds))
+    summary = behaviour.query("/api/v1/behaviour/sessions/summary", **{"from": since, "to": until})["rows"][0]
+    print("  sessions: " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    funnel = behaviour.query("/api/v1/behaviour/funnel", **{"from": since, "to": until})["rows"]
+    print("  funnel (sessions reaching each stage):")
+    for r in funnel:
+        rate = r["rate_from_visit"]
+        print(f"    {r['stage']:<13} {r['sessions']:>6}   {'' if rate is None else f'{rate:6.1%} of visits'}")
+    late = committed_records(behaviour.bootstrap, topics.BEHAVIOUR_LATE_EVENTS.name)
+    accepted = end_offsets(behaviour.bootstrap, topics.BEHAVIOUR_EVENTS.name)
+    print(f"  {topics.BEHAVIOUR_EVENTS.name}: {accepted} records; late events routed to "
+          f"{topics.BEHAVIOUR_LATE_EVENTS.name}: {late}")
+    return [] if summary["sessions"] else ["behaviour-sessions"]
+
+
+def committed_records(bootstrap: str, topic: str, timeout: float = 30.0) -> int:
+    """Records of a transactionally written topic (end offsets also count the commit markers)."""
+    consumer = Consumer(kafka.consumer_config(bootstrap, f"demo-count-{time.time_ns()}"))
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        count, deadline = 0, time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            count += sum(1 for r in consumer.consume(500, timeout=0.5) if r.error() is None)
+            positions = consumer.position([TopicPartition(topic, p) for p in partitions])
+            if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in positions):
+                break
+        return count
+    finally:
+        consumer.close()
+
+
 def end_offsets(bootstrap: str, topic: str) -> int:
     consumer = Consumer(kafka.consumer_config(bootstrap, "demo-offsets"))
     try:
@@ -241,6 +388,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="how long the simulated devices write (env DP_DEMO_IOT_SECONDS)")
     parser.add_argument("--iot-rate", type=float, default=float(os.environ.get("DP_DEMO_IOT_RATE", 300)),
                         help="changes per second the devices write (env DP_DEMO_IOT_RATE)")
+    parser.add_argument("--behaviour-seconds", type=float,
+                        default=float(os.environ.get("DP_DEMO_BEHAVIOUR_SECONDS", 70)),
+                        help="how long the emulated users browse; 0 skips the behaviour pipeline "
+                             "(env DP_DEMO_BEHAVIOUR_SECONDS)")
+    parser.add_argument("--behaviour-users", type=int, default=20, help="emulated shop visitors")
+    parser.add_argument("--behaviour-rate", type=float, default=40.0, help="emulated events per second")
     parser.add_argument("--state-dir", type=pathlib.Path, default=None,
                         help="keep data and logs here (default: a temporary directory, removed at the end)")
     args = parser.parse_args(argv)
@@ -277,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
             step("IoT: aggregates read back from ClickHouse through the analytics service")
             failures += show_iot_results(pipeline)
             print(f"  logs: {pipeline.logs_dir}" + ("" if args.state_dir else " (removed at exit; keep with --state-dir)"))
+
+            if args.behaviour_seconds > 0:
+                failures += run_behaviour(pipeline, state, args.behaviour_seconds, args.behaviour_users,
+                                          args.behaviour_rate)
         finally:
             step("stopping")
             pipeline.stop()

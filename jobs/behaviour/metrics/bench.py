@@ -40,7 +40,7 @@ BASE_MS = 1_767_225_600_000
 TYPES = [1, 1, 1, 1, 2, 2, 3, 4, 6, 8, 9]
 
 
-def _events(count: int, users: int, per_second: int, seed: int = 5):
+def sample_events(count: int, users: int, per_second: int, seed: int = 5):
     rng = random.Random(seed)
     template = user_event_pb2.UserEvent(user_agent="bench")
     template.device.category = 1
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
 
             producer = Producer(kafka.producer_config(bootstrap, **{"linger.ms": 20, "batch.num.messages": 10000}))
             started = time.monotonic()
-            for event in _events(args.events, args.users, args.events_per_second):
+            for event in sample_events(args.events, args.users, args.events_per_second):
                 kafka.produce(producer, topics.BEHAVIOUR_EVENTS, event)
             producer.flush(120)
             produce_seconds = time.monotonic() - started

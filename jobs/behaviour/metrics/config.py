@@ -38,6 +38,7 @@ class Config:
     bounded: bool
     allowed_lateness_seconds: float
     idle_timeout_seconds: float
+    dedup_ttl_seconds: float
     windows: transform.WindowSpec
     checkpoint_interval_seconds: float
     state_dir: pathlib.Path
@@ -66,6 +67,8 @@ class Config:
             raise ConfigError(f"--allowed-lateness-seconds {self.allowed_lateness_seconds} must not be negative")
         if self.idle_timeout_seconds <= 0:
             raise ConfigError(f"--idle-timeout-seconds {self.idle_timeout_seconds} must be positive")
+        if self.dedup_ttl_seconds < 1:
+            raise ConfigError(f"--dedup-ttl-seconds {self.dedup_ttl_seconds} must be at least 1")
         if self.checkpoint_interval_seconds < 0.1:
             raise ConfigError(
                 f"--checkpoint-interval-seconds {self.checkpoint_interval_seconds}: at least 0.1 "
@@ -137,6 +140,9 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="watermark delay: events up to this much out of order are counted, later ones are late")
     p.add_argument("--idle-timeout-seconds", type=float, default=number("DP_BEHAVIOUR_IDLE_TIMEOUT_SECONDS", 30.0),
                    help="a partition without events for this long no longer holds the watermark back")
+    p.add_argument("--dedup-ttl-seconds", type=float, default=number("DP_BEHAVIOUR_DEDUP_TTL_SECONDS", 3600.0),
+                   help="how long an event id is remembered: a second copy within this time is dropped "
+                        "(the ingestion service's dedup window is 1 h too) [DP_BEHAVIOUR_DEDUP_TTL_SECONDS]")
     p.add_argument("--tumbling-seconds", type=int, default=windows.tumbling_seconds)
     p.add_argument("--hopping-size-seconds", type=int, default=windows.hopping_size_seconds)
     p.add_argument("--hopping-slide-seconds", type=int, default=windows.hopping_slide_seconds)
@@ -185,6 +191,7 @@ def from_args(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, s
         bounded=args.bounded,
         allowed_lateness_seconds=args.allowed_lateness_seconds,
         idle_timeout_seconds=args.idle_timeout_seconds,
+        dedup_ttl_seconds=args.dedup_ttl_seconds,
         windows=windows,
         checkpoint_interval_seconds=args.checkpoint_interval_seconds,
         state_dir=args.state_dir.absolute(),

@@ -93,6 +93,8 @@ def flink_settings(cfg: config_module.Config, jar_paths: Sequence[str]) -> dict[
         "pipeline.jars": ";".join(pathlib.Path(j).absolute().as_uri() for j in jar_paths),
         "parallelism.default": str(cfg.parallelism),
         "table.exec.source.idle-timeout": f"{int(cfg.idle_timeout_seconds * 1000)} ms",
+        # Expires the per-event-id state of the deduplication (window operators clean up on their own).
+        "table.exec.state.ttl": f"{int(cfg.dedup_ttl_seconds * 1000)} ms",
         "execution.checkpointing.interval": f"{int(cfg.checkpoint_interval_seconds * 1000)} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",

@@ -47,6 +47,17 @@ class RefEvent:
         return self.device_category == "DEVICE_CATEGORY_BOT"
 
 
+def unique(events: Iterable[RefEvent]) -> list[RefEvent]:
+    """The first copy of each event id, in arrival order (later copies are dropped before anything else)."""
+    seen: set[str] = set()
+    out = []
+    for event in events:
+        if event.event_id not in seen:
+            seen.add(event.event_id)
+            out.append(event)
+    return out
+
+
 def split_late(events: Sequence[RefEvent], allowed_lateness_ms: int) -> tuple[list[RefEvent], list[RefEvent]]:
     """(on time, late) for ONE ordered stream whose watermark advances after every event.
 

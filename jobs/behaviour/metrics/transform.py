@@ -10,6 +10,12 @@ value names, messages as ROWs, Timestamps as ROW<seconds, nanos>) plus `EVENT_TI
 (event time from `client_time`, and a watermark `allowed_lateness` behind the largest event time
 seen).
 
+Duplicates: an event id is counted once. A producer that retries after a crash of the ingestion
+service may write an event twice (the contract says consumers deduplicate on `event_id`); the first
+copy to arrive is kept and later copies are dropped before anything else (`UNIQUE_EVENTS`, a
+processing-time deduplication whose state per id expires after the dedup TTL the job sets with
+`table.exec.state.ttl`). It is insert-only, so the event-time attribute and watermarks pass through.
+
 Lateness, one rule for every output: an event whose event time is behind the watermark when it
 arrives (`event_time < CURRENT_WATERMARK(event_time)`) is late. Late events go to `LATE_EVENTS`
 only; every other event is counted in every window, session and funnel it falls in. So each
@@ -65,6 +71,7 @@ BEHAVIOUR_METRICS = "behaviour_metrics"
 SESSION_SUMMARIES = "session_summaries"
 LATE_EVENTS = "late_events"
 # Intermediate views (useful in tests and for EXPLAIN).
+UNIQUE_EVENTS = "behaviour_events_unique"
 PREPARED_EVENTS = "behaviour_events_prepared"
 ON_TIME_EVENTS = "behaviour_events_on_time"
 
@@ -148,7 +155,8 @@ def event_time_columns_sql(allowed_lateness_seconds: float) -> str:
         " + CAST(COALESCE(`client_time`.`nanos`, 0) / 1000000 AS BIGINT)"
     )
     return (
-        f"`event_ms` AS {event_ms},\n"
+        "`proc_time` AS PROCTIME(),\n"
+        f"  `event_ms` AS {event_ms},\n"
         f"  `event_time` AS TO_TIMESTAMP_LTZ({event_ms}, 3),\n"
         f"  WATERMARK FOR `event_time` AS `event_time` - {interval_sql(allowed_lateness_seconds)}"
     )
@@ -217,6 +225,18 @@ def register(t_env, source_table: str, windows: WindowSpec = WindowSpec()) -> No
     sql = t_env.execute_sql
 
     passthrough = ", ".join(_quoted(name) for name in EVENT_COLUMN_NAMES)
+    # The first copy of each event id (Flink recognises this ROW_NUMBER pattern as an insert-only
+    # deduplication that keeps the event-time attribute).
+    sql(f"""
+CREATE TEMPORARY VIEW {UNIQUE_EVENTS} AS
+SELECT {passthrough}, `event_ms`, `event_time`
+FROM (
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY `event_id` ORDER BY `proc_time` ASC) AS copy_number
+  FROM {source_table}
+)
+WHERE copy_number = 1
+""")
+
     sql(f"""
 CREATE TEMPORARY VIEW {PREPARED_EVENTS} AS
 SELECT
@@ -232,7 +252,7 @@ SELECT
   CURRENT_WATERMARK(`event_time`) IS NOT NULL
     AND `event_time` < CURRENT_WATERMARK(`event_time`) AS is_late,
   CURRENT_WATERMARK(`event_time`) AS watermark_at_arrival
-FROM {source_table}
+FROM {UNIQUE_EVENTS}
 WHERE COALESCE(`device`.`category`, '') <> '{BOT_CATEGORY}'
 """)
 
