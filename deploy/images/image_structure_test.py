@@ -1,0 +1,222 @@
+"""Structure test of one image tarball: layout, config, root file system, and the app's --help.
+
+Environment (set per image in BUILD.bazel):
+  OCI_IMAGE         the py_image outputs ($(rootpaths :name)): <name>.tar and <name>.digest
+  IMAGE_MAIN        the entrypoint's main file inside the image
+  IMAGE_REPO_TAG    the name:tag docker/podman give the image
+  IMAGE_FILES       extra paths that must exist in the root file system (space separated)
+  IMAGE_ABSENT      distributions that must not be shipped (test-only ones), space separated
+  IMAGE_HELP_TEXT   a phrase the app's --help prints
+  IMAGE_IMPORTS     third-party modules the image's python must import (space separated)
+
+The app is started inside the unpacked root file system with chroot as the image's user
+(root is needed for chroot; without it, `unshare --map-root-user` gives a user namespace).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import tarfile
+
+import pytest
+
+NONROOT = 65532
+
+
+def _outputs():
+    paths = os.environ["OCI_IMAGE"].split()
+    tar = next(p for p in paths if p.endswith(".tar"))
+    digest = next(p for p in paths if p.endswith(".digest"))
+    return pathlib.Path(tar), pathlib.Path(digest)
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    tar_path, digest_path = _outputs()
+    out = tmp_path_factory.mktemp("layout")
+    with tarfile.open(tar_path) as tar:
+        names = tar.getnames()
+        for member in tar.getmembers():
+            assert member.mtime == 0 and member.uid == 0 and member.gid == 0, member.name
+        tar.extractall(out)
+    assert names == sorted(names), "entries of the image tarball are not sorted"
+    return out, digest_path.read_text().strip()
+
+
+def _json(path: pathlib.Path):
+    return json.loads(path.read_bytes())
+
+
+def _blob(root: pathlib.Path, digest: str) -> pathlib.Path:
+    algorithm, hexdigest = digest.split(":", 1)
+    assert algorithm == "sha256"
+    return root / "blobs" / "sha256" / hexdigest
+
+
+@pytest.fixture(scope="module")
+def image(layout):
+    root, digest = layout
+    index = _json(root / "index.json")
+    assert _json(root / "oci-layout") == {"imageLayoutVersion": "1.0.0"}
+    (entry,) = index["manifests"]
+    assert entry["digest"] == digest, "the .digest output names another manifest than index.json"
+    assert entry["annotations"]["io.containerd.image.name"] == os.environ["IMAGE_REPO_TAG"]
+    manifest = _json(_blob(root, digest))
+    config = _json(_blob(root, manifest["config"]["digest"]))
+    return root, index, manifest, config
+
+
+def test_every_blob_matches_its_digest_and_size(image):
+    root, index, manifest, _ = image
+    descriptors = [index["manifests"][0], manifest["config"]] + manifest["layers"]
+    for descriptor in descriptors:
+        data = _blob(root, descriptor["digest"]).read_bytes()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == descriptor["digest"]
+        assert len(data) == descriptor["size"]
+    blobs = sorted(p.name for p in (root / "blobs" / "sha256").iterdir())
+    assert blobs == sorted({d["digest"].split(":")[1] for d in descriptors}), "unreferenced or missing blobs"
+
+
+def test_docker_manifest_agrees_with_the_oci_manifest(image):
+    root, _, manifest, _ = image
+    (docker,) = _json(root / "manifest.json")
+    assert docker["RepoTags"] == [os.environ["IMAGE_REPO_TAG"]]
+    assert docker["Config"] == "blobs/sha256/" + manifest["config"]["digest"].split(":")[1]
+    assert docker["Layers"] == ["blobs/sha256/" + l["digest"].split(":")[1] for l in manifest["layers"]]
+
+
+def test_three_layers_whose_diff_ids_are_the_uncompressed_tars(image):
+    root, _, manifest, config = image
+    layers = manifest["layers"]
+    assert len(layers) == 3, "want base, third-party and app layers"
+    for layer, diff_id in zip(layers, config["rootfs"]["diff_ids"]):
+        assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+        with gzip.open(_blob(root, layer["digest"])) as stream:
+            sha = hashlib.sha256()
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                sha.update(chunk)
+        assert "sha256:" + sha.hexdigest() == diff_id
+
+
+def test_config_entrypoint_user_and_labels(image):
+    _, _, _, config = image
+    c = config["config"]
+    assert c["Entrypoint"] == ["/usr/bin/python3.11", os.environ["IMAGE_MAIN"]]
+    assert c["User"] == "%d:%d" % (NONROOT, NONROOT)
+    assert config["created"] == "1970-01-01T00:00:00Z"
+    labels = c["Labels"]
+    assert labels["org.opencontainers.image.title"] == os.environ["IMAGE_REPO_TAG"].split(":")[0]
+    revision = labels["org.opencontainers.image.revision"]
+    assert revision == "unstamped" or re.fullmatch(r"[0-9a-f]{40}|unknown", revision), revision
+    env = dict(item.split("=", 1) for item in c["Env"])
+    assert env["PYTHONPATH"].split(":")[0] == "/app"
+    assert not any(re.search(r"(?i)(password|secret|token|api_key)", key) for key in env), env
+
+
+@pytest.fixture(scope="module")
+def rootfs(image, tmp_path_factory):
+    root, _, manifest, _ = image
+    out = tmp_path_factory.mktemp("rootfs")
+    members = {}
+    for number, layer in enumerate(manifest["layers"]):
+        with tarfile.open(_blob(root, layer["digest"]), mode="r:gz") as tar:
+            for member in tar.getmembers():
+                assert not member.name.startswith(("/", "..")) and "/../" not in member.name, member.name
+                members[member.name.rstrip("/")] = (number, member)
+            tar.extractall(out, numeric_owner=True)
+    out.chmod(0o755)  # the container's / (pytest makes its folders 0700, which the image user cannot enter)
+    return out, members
+
+
+def test_nonroot_user_exists_and_owns_only_its_home(rootfs):
+    out, members = rootfs
+    passwd = (out / "etc" / "passwd").read_text()
+    assert re.search(r"^nonroot:x:%d:%d:" % (NONROOT, NONROOT), passwd, re.M), passwd
+    assert "nonroot:x:%d:" % NONROOT in (out / "etc" / "group").read_text()
+    owned = sorted(name for name, (_, m) in members.items() if m.uid == NONROOT)
+    assert owned == ["home/nonroot"]
+    assert members["tmp"][1].mode == 0o1777
+
+
+def test_required_files_present(rootfs):
+    out, members = rootfs
+    required = ["usr/bin/python3.11", os.environ["IMAGE_MAIN"].lstrip("/"), "etc/ssl/certs/ca-certificates.crt",
+                "usr/lib/python3.11/ssl.py"] + os.environ.get("IMAGE_FILES", "").split()
+    missing = [path for path in required if not (out / path).exists() and not (out / path).is_symlink()]
+    assert not missing, "missing from the image: %s" % missing
+
+
+def test_app_and_third_party_layers_hold_only_the_runfiles_tree(rootfs):
+    _, members = rootfs
+    for name, (number, _) in members.items():
+        if number > 0:
+            assert name == "app" or name.startswith("app/"), "layer %d writes %s outside /app" % (number, name)
+        assert "__pycache__" not in name.split("/") and not name.endswith(".pyc"), name
+
+
+def test_no_test_only_distributions_and_no_secrets(rootfs):
+    out, members = rootfs
+    site = out / "app" / "external" / "py_core" / "site-packages"
+    for dist in os.environ.get("IMAGE_ABSENT", "").split():
+        assert not (site / dist).exists(), "%s (a test-only dependency) is in the image" % dist
+    for name, (number, member) in members.items():
+        if number == 0 or not member.isfile():
+            continue
+        assert ".state/" not in name and not name.endswith(("api_keys.jsonl", "dev-api-key")), name
+        if name.startswith("app/") and not name.startswith("app/external/"):
+            assert b"PRIVATE KEY-----" not in (out / name).read_bytes(), "%s holds a private key" % name
+
+
+def _run_in_rootfs(out: pathlib.Path, config: dict, args):
+    env = dict(item.split("=", 1) for item in config["config"]["Env"])
+    entrypoint = config["config"]["Entrypoint"]
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+    if os.geteuid() == 0:
+        uid, gid = config["config"]["User"].split(":")
+        cmd = [chroot, "--userspec=%s:%s" % (uid, gid), str(out)] + entrypoint + args
+    else:
+        cmd = ["unshare", "--map-root-user", chroot, str(out)] + entrypoint + args
+    return subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+
+
+def test_app_starts_with_help_inside_the_image(image, rootfs):
+    out, _ = rootfs
+    result = _run_in_rootfs(out, image[3], ["--help"])
+    assert result.returncode == 0, result.stdout
+    assert "usage:" in result.stdout
+    assert os.environ["IMAGE_HELP_TEXT"] in result.stdout, result.stdout
+
+
+def test_image_python_runs_as_nonroot_and_imports_the_locked_packages(image, rootfs):
+    out, _ = rootfs
+    probe = ("import importlib, os, ssl, sys; [importlib.import_module(m) for m in %r]; "
+             "print(os.getuid(), sys.version_info[:2] == (3, 11), ssl.OPENSSL_VERSION.startswith('OpenSSL'))"
+             % os.environ.get("IMAGE_IMPORTS", "").split())
+    config = json.loads(json.dumps(image[3]))
+    config["config"]["Entrypoint"] = ["/usr/bin/python3.11", "-c", probe]
+    result = _run_in_rootfs(out, config, [])
+    assert result.returncode == 0, result.stdout
+    expected_uid = str(NONROOT) if os.geteuid() == 0 else "0"
+    # the last line: chdb, for one, warns on stderr that the bare chroot has no cgroup files
+    assert result.stdout.strip().splitlines()[-1].split() == [expected_uid, "True", "True"], result.stdout
+
+
+@pytest.mark.skipif(not shutil.which("skopeo"), reason="skopeo not installed (Debian package skopeo)")
+@pytest.mark.parametrize("transport", ["oci-archive", "docker-archive"])
+def test_an_independent_reader_accepts_the_tarball(transport, tmp_path):
+    """skopeo (containers/image, what podman uses) reads the OCI layout and Docker's manifest.json,
+    verifying every blob digest and, for docker-archive, every diff_id, while copying."""
+    tar_path, digest_path = _outputs()
+    result = subprocess.run(["skopeo", "copy", "-q", "%s:%s" % (transport, tar_path), "dir:%s" % (tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout
+    config = json.loads(subprocess.run(["skopeo", "inspect", "--config", "%s:%s" % (transport, tar_path)],
+                                       check=True, stdout=subprocess.PIPE, text=True).stdout)
+    assert config["config"]["User"] == "%d:%d" % (NONROOT, NONROOT)
