@@ -91,6 +91,16 @@ class BrokerConfig:
     start_timeout: float = 90.0
     stop_timeout: float = 30.0
     overrides: Tuple[Tuple[str, str], ...] = ()  # extra server.properties entries, applied last
+    # Cluster membership (deploy/kafka/cluster.py). The defaults are the single-node broker: node
+    # 1, a dynamic quorum of itself, one replica for everything. With `quorum_voters` (node id,
+    # host, controller port of every controller) the node joins a static quorum of combined
+    # nodes and is formatted with the shared `cluster_id`.
+    node_id: int = 1
+    quorum_voters: Tuple[Tuple[int, str, int], ...] = ()
+    cluster_id: Optional[str] = None  # only with quorum_voters: every node formats with it
+    replication_factor: int = 1  # default and internal-topic replication
+    min_insync_replicas: int = 1
+    internal_topic_partitions: int = 1  # __consumer_offsets, __transaction_state, share state
 
     @property
     def kafka_dir(self) -> pathlib.Path:
@@ -110,13 +120,28 @@ def default_state_dir() -> pathlib.Path:
 
 
 def server_properties(config: BrokerConfig) -> Dict[str, str]:
-    """The broker's configuration: one combined broker+controller node for one machine."""
-    properties = {
-        "process.roles": "broker,controller",
-        "node.id": "1",
+    """The broker's configuration: one combined broker+controller node.
+
+    Alone (no `quorum_voters`) it is the whole cluster; otherwise one of a static quorum.
+    """
+    replicas = str(config.replication_factor)
+    min_isr = str(config.min_insync_replicas)
+    internal_partitions = str(config.internal_topic_partitions)
+    if config.quorum_voters:
+        # A static quorum: every node knows every voter; ports are fixed for the state's life.
+        quorum = {
+            "controller.quorum.voters": ",".join(
+                "%d@%s:%d" % (node, host, port) for node, host, port in config.quorum_voters
+            )
+        }
+    else:
         # A dynamic (KIP-853) quorum: the voter set lives in the metadata log from formatting
         # on, so the controller port may change between runs of the same state.
-        "controller.quorum.bootstrap.servers": "%s:%d" % (config.host, config.controller_port),
+        quorum = {"controller.quorum.bootstrap.servers": "%s:%d" % (config.host, config.controller_port)}
+    properties = {
+        "process.roles": "broker,controller",
+        "node.id": str(config.node_id),
+        **quorum,
         "listeners": "PLAINTEXT://%s:%d,CONTROLLER://%s:%d"
         % (config.host, config.port, config.host, config.controller_port),
         "advertised.listeners": "PLAINTEXT://%s:%d" % (config.host, config.port),
@@ -124,19 +149,20 @@ def server_properties(config: BrokerConfig) -> Dict[str, str]:
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "log.dirs": str(config.kafka_dir / "data"),
-        # One node: every internal topic has one replica, and few partitions keep start-up,
-        # file handles and memory small (the defaults are 50 partitions each).
+        # One node: every internal topic has one replica (a cluster: its replication factor),
+        # and few partitions keep start-up, file handles and memory small (the defaults are 50
+        # partitions each).
         "num.partitions": "1",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        "offsets.topic.replication.factor": "1",
-        "offsets.topic.num.partitions": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "transaction.state.log.num.partitions": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
-        "share.coordinator.state.topic.num.partitions": "1",
+        "default.replication.factor": replicas,
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": replicas,
+        "offsets.topic.num.partitions": internal_partitions,
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": min_isr,
+        "transaction.state.log.num.partitions": internal_partitions,
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": min_isr,
+        "share.coordinator.state.topic.num.partitions": internal_partitions,
         "group.initial.rebalance.delay.ms": "0",
         # Topics are declared by the pipelines, never made by a typo in a producer.
         "auto.create.topics.enable": "false",
@@ -199,6 +225,9 @@ class KafkaBroker:
         self.java_version: Optional[str] = None
         self.start_seconds: Optional[float] = None
         self._classpath: List[str] = list(config.classpath)
+        self._began = 0.0
+        self._log_offset = 0
+        self._terminating = False
 
     @property
     def bootstrap(self) -> str:
@@ -248,10 +277,17 @@ class KafkaBroker:
             self.cluster_id = match.group(1).strip() if match else None
             LOG.info("event=storage_reused dir=%s cluster_id=%s", meta.parent, self.cluster_id)
             return
-        cluster_id = new_cluster_id()
+        if self.config.quorum_voters:
+            if not self.config.cluster_id:
+                raise BrokerError("node %d of a cluster needs the cluster's id to format its storage" % self.config.node_id)
+            cluster_id = self.config.cluster_id
+            quorum_flags: List[str] = []  # the static voters come from server.properties
+        else:
+            cluster_id = new_cluster_id()
+            quorum_flags = ["--standalone"]
         command = self._jvm(
             java, "kafka.tools.StorageTool",
-            ["format", "--cluster-id", cluster_id, "--config", str(properties_file), "--standalone"],
+            ["format", "--cluster-id", cluster_id, "--config", str(properties_file)] + quorum_flags,
             heap="256m",
         )
         result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -268,10 +304,19 @@ class KafkaBroker:
 
         Setting `cancel` (e.g. from a signal handler) abandons the wait and stops the JVM.
         """
+        self.launch()
+        self.wait_ready(cancel)
+
+    def launch(self) -> None:
+        """Write the config, format storage if new and start the JVM; does not wait.
+
+        A node of a cluster cannot become ready before a quorum of its peers runs, so a cluster
+        launches every node first and then waits for each (`wait_ready`).
+        """
         if self.process and self.process.poll() is None:
             raise BrokerError("broker already running (pid %d)" % self.process.pid)
         config = self.config
-        began = time.monotonic()
+        self._began = time.monotonic()
         for port in (config.port, config.controller_port):
             if process.port_is_open(config.host, port):
                 raise BrokerError(
@@ -296,7 +341,7 @@ class KafkaBroker:
         self._format_once(java, properties_file)
 
         # Each start reads its own ready line: remember where this run's log begins.
-        offset = self.server_log.stat().st_size if self.server_log.exists() else 0
+        self._log_offset = self.server_log.stat().st_size if self.server_log.exists() else 0
         command = self._jvm(java, "kafka.Kafka", [str(properties_file)], heap=config.heap)
         with open(self.console_log, "ab") as console:
             self.process = subprocess.Popen(
@@ -309,13 +354,18 @@ class KafkaBroker:
                 preexec_fn=process.die_with_parent(signal.SIGTERM),
             )
         self.returncode = None
-        LOG.info("event=jvm_started pid=%d version=%s java=%s", self.process.pid, self.version, self.java_version)
+        LOG.info("event=jvm_started pid=%d node=%d version=%s java=%s",
+                 self.process.pid, config.node_id, self.version, self.java_version)
+
+    def wait_ready(self, cancel: Optional[threading.Event] = None) -> None:
+        """Waits until the launched JVM serves metadata; stops it when it does not in time."""
+        config = self.config
         try:
-            self._wait_ready(offset, began + config.start_timeout, cancel or threading.Event())
+            self._wait_ready(self._log_offset, self._began + config.start_timeout, cancel or threading.Event())
         except BaseException:
             self.stop()
             raise
-        self.start_seconds = time.monotonic() - began
+        self.start_seconds = time.monotonic() - self._began
         LOG.info(
             "event=broker_ready bootstrap=%s seconds=%.1f state=%s", self.bootstrap, self.start_seconds, config.kafka_dir
         )
@@ -372,8 +422,8 @@ class KafkaBroker:
             return self.returncode
         if jvm.poll() is None:
             timeout = self.config.stop_timeout if timeout is None else timeout
-            LOG.info("event=broker_stopping pid=%d", jvm.pid)
-            jvm.send_signal(signal.SIGTERM)
+            if not self._terminating:
+                self.terminate()
             try:
                 jvm.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -382,7 +432,31 @@ class KafkaBroker:
                 jvm.wait()
         self.returncode = jvm.returncode
         self.process = None
+        self._terminating = False
         LOG.info("event=broker_stopped exit=%s clean=%s", self.returncode, self.returncode in CLEAN_EXIT_CODES)
+        return self.returncode
+
+    def terminate(self) -> None:
+        """Sends SIGTERM and returns at once; `stop()` then waits. A cluster signals all its nodes
+        first: a node stopped after its peers are gone waits in vain for the controller quorum."""
+        jvm = self.process
+        if jvm is not None and jvm.poll() is None:
+            LOG.info("event=broker_stopping pid=%d node=%d", jvm.pid, self.config.node_id)
+            jvm.send_signal(signal.SIGTERM)
+            self._terminating = True
+
+    def kill(self) -> Optional[int]:
+        """SIGKILL, no shutdown at all (a crashed machine, for fault tests). Returns the exit code."""
+        jvm = self.process
+        if jvm is None:
+            return self.returncode
+        if jvm.poll() is None:
+            LOG.warning("event=broker_sigkill pid=%d node=%d", jvm.pid, self.config.node_id)
+            jvm.kill()
+        jvm.wait()
+        self.returncode = jvm.returncode
+        self.process = None
+        self._terminating = False
         return self.returncode
 
     def wait(self) -> int:
