@@ -13,15 +13,13 @@ import json
 import logging
 import os
 import pathlib
-import signal
 import sys
-import threading
 import time
 import urllib.parse
 from typing import Optional, Sequence
 
 from deploy.airflow import launcher
-from deploy.common.process import env_int, tail
+from deploy.common.process import env_int, stop_on_signals, tail
 
 LOG = logging.getLogger("airflow_standalone")
 
@@ -97,14 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         unpaused=args.unpaused,
         start_timeout=args.start_timeout,
     ))
-    stop = threading.Event()
-
-    def request_stop(signum, _frame):
-        LOG.info("event=signal_received signal=%s", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop = stop_on_signals(LOG)
 
     env = launcher.airflow_env(config)
     if not env.get("DP_COMMERCE_JOB"):

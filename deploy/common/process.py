@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from typing import Callable, Optional, Tuple
 
 _PR_SET_PDEATHSIG = 1
@@ -103,6 +104,23 @@ def set_parent_death_signal(signum: int) -> None:
     """
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+
+
+def stop_on_signals(log) -> threading.Event:
+    """An Event that the first SIGTERM or SIGINT sets (and `log` records), for a launcher's main().
+
+    Call it from the main thread before starting anything: the launcher passes the Event as the
+    `cancel` of its start-up and waits on it afterwards, then stops its processes gracefully.
+    """
+    requested = threading.Event()
+
+    def request_stop(signum, _frame) -> None:
+        log.info("event=signal_received signal=%s", signal.Signals(signum).name)
+        requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return requested
 
 
 def die_with_parent(signum: int = signal.SIGTERM) -> Optional[Callable[[], None]]:

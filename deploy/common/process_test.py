@@ -100,3 +100,23 @@ def test_find_java_refuses_an_old_java(tmp_path):
 def test_find_java_reports_what_it_tried(tmp_path):
     with pytest.raises(process.JavaNotFound, match="no java found"):
         process.find_java(str(tmp_path / "nope"))
+
+
+def test_stop_on_signals_sets_the_event_on_sigterm_and_sigint():
+    logged = []
+
+    class Log:
+        def info(self, fmt, *args):
+            logged.append(fmt % args)
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            requested = process.stop_on_signals(Log())
+            assert not requested.is_set()
+            os.kill(os.getpid(), signum)
+            assert requested.wait(5)
+        assert logged == ["event=signal_received signal=SIGTERM", "event=signal_received signal=SIGINT"]
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGINT, before[1])

@@ -370,14 +370,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> FlinkClusterConfig:
 
 
 def run_until_signalled(cluster: FlinkCluster) -> int:
-    stop_requested = threading.Event()
-
-    def request_stop(signum, _frame):
-        LOG.info("event=signal_received signal=%s", signal.Signals(signum).name)
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop_requested = process.stop_on_signals(LOG)
     try:
         cluster.start(cancel=stop_requested)
     except (FlinkClusterError, process.JavaNotFound) as err:

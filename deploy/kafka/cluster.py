@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import os
 import pathlib
-import signal
 import sys
 import threading
 from typing import List, Optional, Sequence, Tuple
@@ -232,14 +231,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> ClusterConfig:
 
 def run_until_signalled(cluster: KafkaCluster) -> int:
     """Starts the cluster, reports, waits for SIGTERM/SIGINT, stops; the process exit code."""
-    stop_requested = threading.Event()
-
-    def request_stop(signum, _frame):
-        LOG.info("event=signal_received signal=%s", signal.Signals(signum).name)
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop_requested = process.stop_on_signals(LOG)
     try:
         cluster.start(cancel=stop_requested)
     except BrokerError as err:

@@ -739,14 +739,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config, external_dsn = parse_args(argv)
     if external_dsn:
         return _migrate_external(external_dsn, config)
-    stop_requested = threading.Event()
-
-    def request_stop(signum, _frame):
-        LOG.info("event=signal_received signal=%s", signal.Signals(signum).name)
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop_requested = process.stop_on_signals(LOG)
 
     server = PostgresServer(config)
     try:

@@ -340,14 +340,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("healthy: %s (Spark %s)" % (args.check, version))
         return 0
     config = parse_config(args)
-    stop_requested = threading.Event()
-
-    def request_stop(signum, _frame):
-        LOG.info("event=signal_received signal=%s", signal.Signals(signum).name)
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop_requested = process.stop_on_signals(LOG)
 
     server = SparkConnectServer(config)
     try:

@@ -380,14 +380,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> SupersetConfig:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = parse_args(argv)
-    stop_requested = threading.Event()
-
-    def request_stop(signum, _frame):
-        LOG.info("event=signal_received signal=%s", signal.Signals(signum).name)
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop_requested = process.stop_on_signals(LOG)
 
     server = SupersetServer(config)
     try:
