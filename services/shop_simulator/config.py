@@ -36,6 +36,7 @@ class ShopConfig:
     root: str = DEFAULT_ROOT
     compress_level: int = 6
     workers: int = 1  # processes generating parts in parallel (never changes the bytes)
+    extra_part: Optional[pathlib.Path] = None  # hand-made lines published as one more part of every day
 
     def __post_init__(self):
         problems = []
@@ -55,6 +56,8 @@ class ShopConfig:
             problems.append(f"root must be an absolute path below /, got {self.root!r}")
         if self.workers < 1:
             problems.append(f"workers must be at least 1, got {self.workers}")
+        if self.extra_part is not None and not pathlib.Path(self.extra_part).is_file():
+            problems.append(f"extra-part must be a readable file, got {str(self.extra_part)!r}")
         if not 0 <= self.compress_level <= 9:
             problems.append(f"compress-level must be 0..9, got {self.compress_level}")
         if problems:
@@ -130,6 +133,11 @@ def parse_args(argv=None) -> ShopConfig:
     parser.add_argument("--workers", type=int, default=_env("DP_SHOP_WORKERS", d.workers, int),
                         help="processes generating part files in parallel; the output is the same "
                              "for any number (env DP_SHOP_WORKERS)")
+    parser.add_argument("--extra-part", type=pathlib.Path,
+                        default=_env("DP_SHOP_EXTRA_PART", None, pathlib.Path),
+                        help="a local file of raw lines (any bytes) published unchanged as one more part "
+                             "file of every generated day, before _SUCCESS: hand-made input such as bad "
+                             "lines for tests (env DP_SHOP_EXTRA_PART)")
     args = parser.parse_args(argv)
     try:
         return ShopConfig(**vars(args))

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import signal
 import sys
@@ -17,11 +18,13 @@ from services.shop_simulator import contract
 from services.shop_simulator.config import ShopConfig, parse_args
 from services.shop_simulator.model import BAD_KINDS, VALID, DayGenerator, ShopModel
 from services.shop_simulator.writer import (
+    EXTRA,
     DayPublisher,
     Interrupted,
     LocalStore,
     Part,
     WebHdfsStore,
+    gzip_bytes,
     partition_path,
     render_part,
 )
@@ -82,6 +85,15 @@ def day_parts(model: ShopModel, day, pool=None, should_stop=lambda: False) -> It
         yield part
 
 
+def extra_part(config: ShopConfig):
+    """The --extra-part file as one more Part (its bytes unchanged, gzip'd), or None."""
+    if config.extra_part is None:
+        return None
+    data = config.extra_part.read_bytes()
+    lines = len(data.splitlines())
+    return Part(gzip_bytes(data, config.compress_level), lines, {EXTRA: lines}, {})
+
+
 def run(config: ShopConfig, should_stop=lambda: False) -> list:
     """Generate and publish every configured day; returns the manifests."""
     store = make_store(config)
@@ -96,12 +108,16 @@ def run(config: ShopConfig, should_stop=lambda: False) -> list:
     sample = first_day.block_lines(0, first_day.refunds_of_block(first_day.refunds_due(), 0))
     checked = contract.check_sample(line.data for line in sample if line.kind == VALID)
     _say("event=contract_checked message=%s payloads=%s" % (contract.MESSAGE, ",".join(sorted(checked))))
+    extra = extra_part(config)
     publisher = DayPublisher(store, config.root, progress=_say, should_stop=should_stop)
     pool = multiprocessing.Pool(config.workers, _start_worker, (config,)) if config.workers > 1 else None
     manifests = []
     try:
         for day in config.dates:
-            manifest = publisher.publish(day, day_parts(model, day, pool, should_stop), dict(settings, date=day.isoformat()))
+            parts = day_parts(model, day, pool, should_stop)
+            if extra is not None:
+                parts = itertools.chain(parts, [extra])
+            manifest = publisher.publish(day, parts, dict(settings, date=day.isoformat()))
             bad = sum(manifest["bad_lines"][kind] for kind in BAD_KINDS)
             _say("event=day_published dt=%s lines=%d valid=%d duplicates=%d bad=%d orders=%d refunds=%d parts=%d "
                  "seconds=%.1f rate=%.0f/s path=%s"

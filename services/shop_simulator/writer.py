@@ -26,6 +26,7 @@ from services.shop_simulator.model import BAD_KINDS, DUPLICATE, VALID, DayGenera
 
 SUCCESS = "_SUCCESS"
 STAGING = "_staging"
+EXTRA = "extra"  # the kind of the lines of an --extra-part file
 
 
 class Interrupted(RuntimeError):
@@ -131,12 +132,17 @@ def part_name(number: int) -> str:
     return "part-%05d.jsonl.gz" % number
 
 
-def gzip_lines(lines: List[bytes], level: int) -> bytes:
-    """The lines, newline-terminated, gzip'd with a zero timestamp: the same lines give the same bytes."""
+def gzip_bytes(data: bytes, level: int) -> bytes:
+    """`data` gzip'd with a zero timestamp: the same bytes give the same file."""
     buffer = io.BytesIO()
     with gzip.GzipFile(filename="", fileobj=buffer, mode="wb", compresslevel=level, mtime=0) as stream:
-        stream.write(b"\n".join(lines) + b"\n")
+        stream.write(data)
     return buffer.getvalue()
+
+
+def gzip_lines(lines: List[bytes], level: int) -> bytes:
+    """The lines, newline-terminated, gzip'd with a zero timestamp: the same lines give the same bytes."""
+    return gzip_bytes(b"\n".join(lines) + b"\n", level)
 
 
 @dataclass
@@ -230,6 +236,7 @@ class DayPublisher:
             "valid_events": counts.get(VALID, 0),
             "duplicates": counts.get(DUPLICATE, 0),
             "bad_lines": {kind: counts.get(kind, 0) for kind in BAD_KINDS},
+            "extra_lines": counts.get(EXTRA, 0),
             "event_types": dict(sorted(event_types.items())),
             "parts": written,
             "settings": settings,

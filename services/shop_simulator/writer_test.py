@@ -136,3 +136,23 @@ def test_unreachable_hdfs_is_a_clear_error(capsys):
                            "--users", "10"])
     assert code == 1
     assert "could not write to http://127.0.0.1:%d/webhdfs/v1" % port in capsys.readouterr().err
+
+
+def test_extra_part_is_published_unchanged_with_every_day(tmp_path, capsys):
+    extra = tmp_path / "extra.jsonl"
+    extra.write_bytes(b'{"not": "an event"}\n\xff\xfe\r\n{"eventId": "cut')
+    argv = ["--start-date", "2026-01-05", "--days", "2", "--users", "40", "--products", "20",
+            "--events-per-day", "300", "--part-lines", "200", "--output-dir", str(tmp_path / "out"),
+            "--extra-part", str(extra)]
+    assert shop_main.main(argv) == 0
+    for day in (dt.date(2026, 1, 5), dt.date(2026, 1, 6)):
+        folder, names, _ = read_partition(tmp_path / "out", day)
+        assert names == ["part-00000.jsonl.gz", "part-00001.jsonl.gz", "part-00002.jsonl.gz"]
+        assert gzip.decompress((folder / names[-1]).read_bytes()) == extra.read_bytes()
+        manifest = json.loads((folder / "_SUCCESS").read_text())
+        assert manifest["extra_lines"] == 3 and manifest["parts"][-1] == {
+            "name": "part-00002.jsonl.gz", "lines": 3, "bytes": (folder / names[-1]).stat().st_size}
+        assert manifest["lines"] == sum(part["lines"] for part in manifest["parts"])
+    with pytest.raises(SystemExit):
+        parse_args(["--extra-part", str(tmp_path / "missing.jsonl")])
+    assert "extra-part must be a readable file" in capsys.readouterr().err

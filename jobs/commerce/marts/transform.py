@@ -22,10 +22,12 @@ SESSION_GAP_SECONDS = 30 * 60
 DAY_COHORT_OFFSETS = 30  # day cohorts followed for 0..30 days (day-7 and day-30 retention)
 WEEK_COHORT_OFFSETS = 8  # week cohorts followed for 0..8 weeks
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
+RFC3339_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$"
 RAW_LINE_LIMIT = 4096
 
-# Funnel stage number reached by one event of each type (funnel.proto numbers).
-STAGE_BY_EVENT_TYPE = {"product_view": 2, "add_to_cart": 3, "checkout_started": 4, "order_placed": 5}
+# Funnel stage number reached by one event of each type (funnel.proto numbers); purchase (5) is
+# reached by the order_placed event that counts its order (see sessionize).
+STAGE_BY_EVENT_TYPE = {"product_view": 2, "add_to_cart": 3, "checkout_started": 4}
 
 LINE_TYPE = T.StructType([
     T.StructField("product_id", T.StringType()),
@@ -223,11 +225,16 @@ def parse_events(lines: DataFrame, day: datetime.date) -> Tuple[DataFrame, DataF
     )
     e = F.col("e")
     value = F.col("value")
+    # Strict JSON (RFC 8259: double quotes only, no NaN, no repeated key, as the contract's JSON
+    # mapping requires); from_json alone is lenient (single quotes, NaN, the last of repeated
+    # keys), so a line must pass both. Text after a complete object passes both (README, Limits).
     valid_json = F.try_parse_json(value).isNotNull()
     keys = F.json_object_keys(value)
     payload_count = reduce(lambda a, b: a + b, [e[name].isNotNull().cast("int") for name in payload_names])
-    event_time = F.coalesce(
-        e["eventTime"].try_cast("timestamp"), F.try_to_timestamp(e["eventTime"], F.lit("yyyy-MM-dd'T'HH:mm:ss.SSSSSSSSSX")))
+    # RFC 3339 only (what the JSON mapping of google.protobuf.Timestamp writes): a cast alone
+    # would also take "2026-01-01", "2026-01-01 10:00" or surrounding spaces.
+    event_time = F.when(e["eventTime"].rlike(RFC3339_PATTERN), F.coalesce(
+        e["eventTime"].try_cast("timestamp"), F.try_to_timestamp(e["eventTime"], F.lit("yyyy-MM-dd'T'HH:mm:ss.SSSSSSSSSX"))))
     unknown_keys = F.array_join(F.array_except(F.coalesce(keys, F.array()), F.array(*[F.lit(k) for k in known_keys])), ",")
 
     json_reason = (F.when(~valid_json & F.ltrim(value).startswith('{"') & ~F.rtrim(value).endswith("}"), "truncated_json")
@@ -243,7 +250,7 @@ def parse_events(lines: DataFrame, day: datetime.date) -> Tuple[DataFrame, DataF
     checks = [
         (~F.col("_utf8"), F.lit("not_utf8"), F.lit("the line is not valid UTF-8")),
         (F.trim(value) == "", F.lit("empty_line"), F.lit("")),
-        (e.isNull() | e["_corrupt"].isNotNull(), json_reason, json_detail),
+        (e.isNull() | e["_corrupt"].isNotNull() | ~valid_json, json_reason, json_detail),
         (payload_count == 0, payload_reason, payload_detail),
         (payload_count > 1, F.lit("multiple_payloads"), F.lit("more than one payload field is set")),
         (_blank(e["eventId"]), F.lit("missing_field"), F.lit("eventId")),
@@ -341,11 +348,13 @@ def sessionize(events: DataFrame, day: datetime.date, gap_seconds: int = SESSION
     gap = F.unix_micros("event_time") - F.lag(F.unix_micros("event_time")).over(w)
     marked = events.withColumn("_new", F.when(gap.isNull() | (gap > gap_seconds * 1_000_000), 1).otherwise(0))
     marked = marked.withColumn("_session", F.sum("_new").over(w.rowsBetween(Window.unboundedPreceding, 0)))
-    stage = reduce(lambda acc, kv: acc.when(F.col("event_type") == kv[0], F.lit(kv[1])),
-                   list(STAGE_BY_EVENT_TYPE.items()), F.when(F.lit(False), F.lit(0))).otherwise(F.lit(1))
     orders = _first_orders(events).select("event_id", F.lit(True).alias("_first_order"))
     marked = marked.join(orders, "event_id", "left")
     is_order = F.coalesce(F.col("_first_order"), F.lit(False))
+    # Purchase only for the event that counts the order (the earliest of its order id): a repeated
+    # order_placed of an order already counted is no purchase (and has no order total).
+    stage = reduce(lambda acc, kv: acc.when(F.col("event_type") == kv[0], F.lit(kv[1])),
+                   list(STAGE_BY_EVENT_TYPE.items()), F.when(is_order, F.lit(5))).otherwise(F.lit(1))
     grouped = marked.groupBy("anonymous_id", "_session").agg(
         F.min_by("event_id", F.struct("event_time", "event_id")).alias("_first_event_id"),
         F.coalesce(F.max(F.when(F.col("user_id") != "", F.col("user_id"))), F.lit("")).alias("user_id"),

@@ -141,6 +141,35 @@ def test_parse_events_sorts_every_line_into_events_or_rejects(spark):
     ]
 
 
+def test_parse_events_wants_strict_json_and_rfc3339_times(spark):
+    page = {"pageView": {"pageUrl": "/x"}}
+    texts = [
+        line_json(page, "s1").replace('"', "'"),  # single quotes: Spark's JSON reader alone takes it
+        line_json(page, "s2")[:-1] + ',"countryCode":NaN}',
+        line_json(page, "s3")[:-1] + ',"eventId":"s3b"}',  # a repeated key
+        line_json(page, "s4", "2026-11-18"),  # a date, not an RFC 3339 time
+        line_json(page, "s5", "2026-11-18 10:00:00"),
+        line_json(page, "s6", " 2026-11-18T10:00:00Z"),
+        line_json(page, "s7", "2026-11-18T11:00:00+01:00"),
+        line_json(page, "s8", "2026-11-18T10:00:00.123456789Z"),
+    ]
+    lines = spark.createDataFrame([("f", i + 1, t) for i, t in enumerate(texts)],
+                                  "source_file string, line_number long, value string")
+    events, rejects = transform.parse_events(lines, DAY)
+    assert rows(rejects, "line_number", "reason", "detail") == [
+        (1, "malformed_json", "not parseable as JSON"),
+        (2, "malformed_json", "not parseable as JSON"),
+        (3, "malformed_json", "not parseable as JSON"),
+        (4, "invalid_timestamp", "eventTime=2026-11-18"),
+        (5, "invalid_timestamp", "eventTime=2026-11-18 10:00:00"),
+        (6, "invalid_timestamp", "eventTime= 2026-11-18T10:00:00Z"),
+    ]
+    assert rows(events, "line_number", "event_id", "event_time") == [
+        (7, "s7", datetime.datetime(2026, 11, 18, 10, 0, 0)),
+        (8, "s8", datetime.datetime(2026, 11, 18, 10, 0, 0, 123456)),
+    ]
+
+
 def test_parse_events_accepts_zero_amounts_omitted_by_proto3_json(spark):
     text = line_json({"productView": {"product": {"productId": "p9"}, "price": {"currencyCode": "EUR"}}}, "z1")
     lines = spark.createDataFrame([("f", 1, text)], "source_file string, line_number long, value string")
@@ -178,6 +207,21 @@ def test_sessionize_cuts_at_gaps_longer_than_30_minutes(spark):
     assert ids[("a1", at(0))] == hashlib.sha256(b"a1|e1").hexdigest()[:32]
     assert ids[("a1", at(89))] == hashlib.sha256(b"a1|e4").hexdigest()[:32]
     assert set(r.event_date for r in sessions.collect()) == {DAY}
+
+
+def test_a_repeated_order_event_is_no_purchase(spark):
+    data = [
+        event("e1", 0, "order_placed", user_id="u1", order_id="o1", amount=1500, currency="EUR",
+              lines=[("p1", "P", "c", 1, 1500, "EUR")]),
+        event("e2", 60, "order_placed", user_id="u1", order_id="o1", amount=1500, currency="EUR",
+              lines=[("p1", "P", "c", 1, 1500, "EUR")]),  # the order again, an hour later: a new session
+    ]
+    got = rows(transform.sessionize(events_df(spark, data), DAY), "session_start_time", "funnel_stage", "converted",
+               "order_total_amount_minor", "order_total_currency_code")
+    assert got == [
+        (at(0), "FUNNEL_STAGE_PURCHASE", True, 1500, "EUR"),
+        (at(60), "FUNNEL_STAGE_VISIT", False, None, None),
+    ]
 
 
 def test_funnel_counts_sessions_and_visitors_that_reached_at_least_each_stage(spark):
