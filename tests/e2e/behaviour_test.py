@@ -54,6 +54,12 @@ SESSION_GAP_S = 120
 # Past the last hopping window (5 min) and session gap of the run, plus the lateness.
 CLOSING_AHEAD_S = 480
 USERS, RATE = 16, 25.0
+# Idleness is never what moves the watermark here: the emulated users keep every partition busy
+# and the closing events land in every partition. A short idle timeout would let a partition whose
+# backlog the restored job reads late (a slow catch-up on a loaded machine) fall behind the
+# watermark the other partitions drive, and turn acknowledged on-time events into late ones.
+IDLE_TIMEOUT_S = 600
+CLOSING_SESSIONS = 30  # keyed by session: 30 keys over the topic's 3 partitions reach all of them
 DIMENSIONS = {"all": "METRIC_DIMENSION_ALL", "event_type": "METRIC_DIMENSION_EVENT_TYPE",
               "page_path": "METRIC_DIMENSION_PAGE_PATH", "device_category": "METRIC_DIMENSION_DEVICE_CATEGORY"}
 KINDS = {"tumbling": "WINDOW_KIND_TUMBLING", "hopping": "WINDOW_KIND_HOPPING"}
@@ -266,7 +272,7 @@ def run(kafka_broker, tmp_path_factory) -> Run:  # noqa: F811
     config = BehaviourPipelineConfig(
         state_dir=tmp_path_factory.mktemp("behaviour-e2e"), bootstrap=kafka_broker.bootstrap,
         users=USERS, rate=RATE, seed=11, late_fraction=0.05, max_lateness_seconds=MODEL_LATENESS_S,
-        allowed_lateness_seconds=ALLOWED_LATENESS_S, idle_timeout_seconds=10, session_gap_seconds=SESSION_GAP_S,
+        allowed_lateness_seconds=ALLOWED_LATENESS_S, idle_timeout_seconds=IDLE_TIMEOUT_S, session_gap_seconds=SESSION_GAP_S,
         checkpoint_interval_seconds=2, parallelism=1, max_clock_skew_seconds=CLOSING_AHEAD_S + 300)
     log = []
 
@@ -328,9 +334,14 @@ def run(kafka_broker, tmp_path_factory) -> Run:  # noqa: F811
         emulation = pipeline.stop_gateway()
         say(f"emulation: {emulation}")
         pipeline.start_gateway(users=0)
-        closing = [client.event(now_ms() + CLOSING_AHEAD_S * 1000 + i * 100, f"closing-{i}") for i in range(9)]
+        closing = [client.event(now_ms() + CLOSING_AHEAD_S * 1000 + i * 100, f"closing-{i}")
+                   for i in range(CLOSING_SESSIONS)]
         client.send(pipeline.websocket_url, closing)
         closing_ids = {e["event_id"] for e in closing}
+        closing_partitions = {r.partition() for r in read_topic(pipeline.bootstrap, topics.BEHAVIOUR_EVENTS.name)
+                              if records.decode(topics.BEHAVIOUR_EVENTS, r.value(), r.headers()).event_id in closing_ids}
+        assert closing_partitions == set(range(topics.BEHAVIOUR_EVENTS.partitions)), (
+            f"closing events reached partitions {sorted(closing_partitions)} only: the watermark cannot pass the run")
 
         # 6. Wait until the service serves exactly the recomputation (or time out and report).
         events, copies = accepted_events(pipeline.bootstrap)
