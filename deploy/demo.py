@@ -1,31 +1,37 @@
-"""The project's demo: what runs today, end to end, on this machine.
+"""The project's demo: all three pipelines end to end on real components, on this machine.
 
     bazel run //deploy:demo
-    bazel run //deploy:demo -- --iot-seconds 60 --iot-rate 1000 --behaviour-seconds 90
+    bazel run //deploy:demo -- --iot-seconds 60 --iot-rate 1000 --behaviour-seconds 90 --commerce-events 20000
 
 Steps (each printed as it happens):
-  1. start the IoT pipeline on free loopback ports: Kafka (KRaft), PostgreSQL, Kafka Connect
-     with Debezium (connector registered), the analytics service (ClickHouse engine, chdb) and
-     the windowed aggregator, each waited on through its health check;
-  2. create every topic of the topics module;
-  3. publish sample events of the contracts that travel on topics no running component reads,
-     read them back and check they are identical, carry their contract headers and keys;
-  4. encode and decode every other contract message;
-  5. send a malformed record and show it in the dead-letter topic with its reason;
-  6. IoT: simulated devices write readings (with late ones, corrections and deletions) into
+  1. start the stack on free loopback ports and time it: the IoT pipeline (Kafka (KRaft),
+     PostgreSQL, Kafka Connect with Debezium (connector registered), the analytics service
+     (ClickHouse engine, chdb), the windowed aggregator), the behaviour pipeline (ingestion service,
+     Flink job on a mini-cluster, WebSocket gateway) and, beside them in another thread, the
+     commerce pipeline's HDFS and Spark Connect server; each is waited on through its health check;
+  2. create every topic of the topics module; publish sample events of the contracts that travel
+     on topics no running component reads and read them back; encode and decode every other
+     contract; send a malformed record and show it in the dead-letter topic with its reason;
+  3. commerce, in the background: the shop simulator writes one day of logs into HDFS, then
+     `airflow dags test commerce_daily DAY` runs the sensor, the Spark job (through Spark Connect),
+     the data-quality checks and the publish step; task states are printed as they change;
+  4. IoT: simulated devices write readings (with late ones, corrections and deletions) into
      PostgreSQL; Debezium streams the changes, the aggregator windows them, the analytics
      service stores them; the demo prints aggregate rows read back from ClickHouse;
-  7. behaviour: the ingestion service (gRPC), the Flink job (mini-cluster) and the WebSocket
-     gateway join the same broker and analytics service; emulated users browse the shop, a real
-     WebSocket client adds a few visits, then "closing" events a few minutes ahead close every
-     window and session; the demo prints events per minute by type, sessions and the funnel
-     read back from ClickHouse.
-Exits non-zero when any check fails. It grows as the pipelines land.
+  5. behaviour: emulated users browse the shop, a real WebSocket client adds a few visits, then
+     "closing" events a few minutes ahead close every window and session; the demo prints events
+     per minute by type, sessions and the funnel read back from ClickHouse;
+  6. a summary: the numbers that prove each pipeline worked (rows in, aggregates out, DLQ counts;
+     raw lines, valid, rejected, mart rows, revenue and task states of the commerce day), the
+     stack's start-up time and peak RSS (every child process tree sampled each second) against
+     the aims (< 60 s, < 8 GiB), and what to open with the local stack.
+Exits non-zero when any check fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -33,13 +39,16 @@ import os
 import pathlib
 import sys
 import tempfile
+import threading
 import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from datapipelines import catalog, kafka, records, samples, topics
 from deploy.pipelines.behaviour import BehaviourPipeline, BehaviourPipelineConfig
+from deploy.pipelines.commerce import DAG_ID, CommercePipeline, CommercePipelineConfig
 from deploy.pipelines.iot import IotPipeline, IotPipelineConfig
+from deploy.stack.footprint import PeakSampler, children_of_this_process, human
 from services.iot_simulator.config import SimulatorConfig
 from services.iot_simulator.model import Fleet, TickCounts
 from services.iot_simulator.writer import ReadingsWriter
@@ -209,7 +218,7 @@ def simulate_devices(pipeline: IotPipeline, seconds: float, rate: float) -> Tick
     return totals
 
 
-def show_iot_results(pipeline: IotPipeline) -> list[str]:
+def show_iot_results(pipeline: IotPipeline, totals: TickCounts, proof: list[str]) -> list[str]:
     # Wait until what the service serves stops changing: the pipeline has caught up.
     previous, rows, deadline = None, [], time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -238,26 +247,35 @@ def show_iot_results(pipeline: IotPipeline) -> list[str]:
     dead = end_offsets(pipeline.bootstrap, topics.IOT_CDC_READINGS.name + ".dlq")
     print(f"  late readings routed to {topics.IOT_LATE_READINGS.name}: {late}; "
           f"dead letters of {topics.IOT_CDC_READINGS.name}: {dead}")
+    windows = sum(r["reading_count"] for r in rows)
+    proof.append(f"IoT        {totals.inserts} readings written ({totals.late} late, {totals.updates} corrections, "
+                 f"{totals.deletes} deletions); served: the latest 1-min window of {len(rows)} sites ({windows} readings); "
+                 f"{late} late routed, {dead} in the DLQ")
     return []
 
 
-def run_behaviour(pipeline: IotPipeline, state: pathlib.Path, seconds: float, users: int, rate: float) -> list[str]:
-    """The behaviour pipeline on the IoT pipeline's broker and analytics service; prints what ClickHouse serves."""
-    from websockets.sync.client import connect
-
-    say = lambda line: print("  " + line, flush=True)  # noqa: E731
+def start_behaviour(pipeline: IotPipeline, state: pathlib.Path, rate: float) -> BehaviourPipeline:
+    """The behaviour pipeline on the IoT pipeline's broker and analytics service; the gateway starts
+    without emulated users (they come in `run_behaviour`)."""
     behaviour = BehaviourPipeline(BehaviourPipelineConfig(
         state_dir=state / "behaviour", bootstrap=pipeline.bootstrap, analytics_url=pipeline.analytics_url,
-        users=users, rate=rate, allowed_lateness_seconds=BEHAVIOUR_LATENESS_S, max_lateness_seconds=4,
+        users=0, rate=rate, allowed_lateness_seconds=BEHAVIOUR_LATENESS_S, max_lateness_seconds=4,
         session_gap_seconds=BEHAVIOUR_SESSION_GAP_S, max_clock_skew_seconds=BEHAVIOUR_CLOSING_AHEAD_S + 300,
-        checkpoint_interval_seconds=2, parallelism=1), say=say)
+        checkpoint_interval_seconds=2, parallelism=1), say=lambda line: print("  " + line, flush=True))
+    behaviour.start()
+    print("  started in " + ", ".join(f"{k} {v:.1f} s" for k, v in behaviour.timings.items()))
+    return behaviour
+
+
+def run_behaviour(behaviour: BehaviourPipeline, seconds: float, users: int, proof: list[str]) -> list[str]:
+    """Emulated users and a real WebSocket client; prints what ClickHouse serves."""
+    from websockets.sync.client import connect
+
     started_ms = int(time.time() * 1000)
     try:
-        step("behaviour: starting the ingestion service (gRPC), the Flink job and the WebSocket gateway")
-        behaviour.start()
-        print("  started in " + ", ".join(f"{k} {v:.1f} s" for k, v in behaviour.timings.items()))
-
         step(f"behaviour: {users} emulated users browse for {seconds:.0f} s; a real WebSocket client adds visits")
+        behaviour.stop_gateway()
+        behaviour.start_gateway(users=users)
         client_ms = int(time.time() * 1000)
         visit = [("page_view", None, "/"), ("product_view", {"product_id": "sku-007"}, "/p/sku-007"),
                  ("add_to_cart", {"product_id": "sku-007", "quantity": 1}, "/p/sku-007"),
@@ -273,8 +291,8 @@ def run_behaviour(pipeline: IotPipeline, state: pathlib.Path, seconds: float, us
             time.sleep(min(10.0, seconds - (time.monotonic() - began)))
             emulated = behaviour.gateway_metric("dp_ws_emulated_events_total")
             print(f"  {time.monotonic() - began:4.0f} s: {emulated:.0f} emulated events", flush=True)
-        summary = behaviour.stop_gateway()
-        print("  emulation: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "seconds"))
+        emulation = behaviour.stop_gateway()
+        print("  emulation: " + ", ".join(f"{k} {v}" for k, v in emulation.items() if k != "seconds"))
 
         step("behaviour: 3 events three minutes old (late: to the side output), then closing events move "
              "event time ahead, so every window and session closes")
@@ -287,12 +305,10 @@ def run_behaviour(pipeline: IotPipeline, state: pathlib.Path, seconds: float, us
         _send_events(behaviour.websocket_url, [
             _client_event(f"demo-closing-{ahead}-{i}", f"closing-{i}", ahead + i, "page_view", None, "/")
             for i in range(6)], connect)
-        return show_behaviour_results(behaviour, started_ms)
+        return show_behaviour_results(behaviour, started_ms, proof)
     except Exception as exc:  # reported as a failed check; the IoT part stays valid
         print(f"  the behaviour pipeline failed: {exc}")
         return ["behaviour"]
-    finally:
-        behaviour.stop()
 
 
 def _client_event(event_id: str, visitor: str, ms: int, kind: str, properties, path: str) -> dict:
@@ -314,7 +330,7 @@ def _send_events(url: str, events: list[dict], connect) -> int:
     return acked
 
 
-def show_behaviour_results(behaviour: BehaviourPipeline, started_ms: int) -> list[str]:
+def show_behaviour_results(behaviour: BehaviourPipeline, started_ms: int, proof: list[str]) -> list[str]:
     since = dt.datetime.fromtimestamp(started_ms / 1000 - 600, dt.timezone.utc).isoformat()
     until = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).isoformat()
     # Wait until the sessions are served and the served rows stop changing.
@@ -352,6 +368,10 @@ def show_behaviour_results(behaviour: BehaviourPipeline, started_ms: int) -> lis
     accepted = end_offsets(behaviour.bootstrap, topics.BEHAVIOUR_EVENTS.name)
     print(f"  {topics.BEHAVIOUR_EVENTS.name}: {accepted} records; late events routed to "
           f"{topics.BEHAVIOUR_LATE_EVENTS.name}: {late}")
+    dead = end_offsets(behaviour.bootstrap, topics.BEHAVIOUR_EVENTS.name + ".dlq")
+    purchases = next((r["sessions"] for r in funnel if r["stage"] == "purchase"), 0)
+    proof.append(f"behaviour  {accepted} events accepted, {late} late routed, {dead} in the DLQ; {len(by_minute)} "
+                 f"one-minute windows; {summary['sessions']} sessions; {purchases} reached purchase")
     return [] if summary["sessions"] else ["behaviour-sessions"]
 
 
@@ -382,6 +402,27 @@ def end_offsets(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
+def run_commerce(commerce: CommercePipeline, day: dt.date, proof: list[str]) -> list[str]:
+    """One day of shop logs into HDFS, then the commerce DAG for that day; prints what PostgreSQL holds."""
+    try:
+        lines = commerce.generate_day(day)
+        commerce.say(f"{lines} lines of {day} in HDFS; running airflow dags test {DAG_ID} {day}")
+        result = commerce.run_dag(day)
+    except Exception as exc:
+        commerce.say(f"the commerce pipeline failed: {exc}")
+        return ["commerce"]
+    tasks = ", ".join(f"{task} {state}" for task, state in result.task_states.items())
+    revenue = "; ".join(f"{currency} gross {v['gross_minor'] / 100:.2f} net {v['net_minor'] / 100:.2f}"
+                        for currency, v in result.revenue.items()) or "none"
+    proof.append(f"commerce   day {day}: {result.raw_lines} raw lines -> {result.valid_events} valid, "
+                 f"{result.rejected_lines} rejected; {sum(result.mart_rows.values())} mart rows; revenue {revenue}; "
+                 f"DAG {result.dag_state} in {result.dag_seconds:.0f} s ({tasks})")
+    if result.quality_report:
+        proof.append("           " + result.quality_report.splitlines()[0])
+    commerce.say("mart rows: " + ", ".join(f"{t} {n}" for t, n in result.mart_rows.items()))
+    return [] if result.ok else ["commerce"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iot-seconds", type=float, default=float(os.environ.get("DP_DEMO_IOT_SECONDS", 20)),
@@ -394,6 +435,12 @@ def main(argv: list[str] | None = None) -> int:
                              "(env DP_DEMO_BEHAVIOUR_SECONDS)")
     parser.add_argument("--behaviour-users", type=int, default=20, help="emulated shop visitors")
     parser.add_argument("--behaviour-rate", type=float, default=40.0, help="emulated events per second")
+    parser.add_argument("--commerce-events", type=int, default=int(os.environ.get("DP_DEMO_COMMERCE_EVENTS", 3000)),
+                        help="shop events of the simulated day; 0 skips the commerce pipeline "
+                             "(env DP_DEMO_COMMERCE_EVENTS)")
+    parser.add_argument("--commerce-day", type=dt.date.fromisoformat,
+                        default=dt.date.fromisoformat(os.environ.get("DP_DEMO_COMMERCE_DAY", "2026-01-01")),
+                        help="the simulated shop day, YYYY-MM-DD (env DP_DEMO_COMMERCE_DAY)")
     parser.add_argument("--state-dir", type=pathlib.Path, default=None,
                         help="keep data and logs here (default: a temporary directory, removed at the end)")
     args = parser.parse_args(argv)
@@ -401,14 +448,45 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     failures: list[str] = []
+    proof: list[str] = []
+    # Every component is a child of this process (JVMs, postmaster, services): their trees are the stack.
+    sampler = PeakSampler(children_of_this_process, interval=1.0).start()
     with tempfile.TemporaryDirectory(prefix="dp-demo-") as temporary:
         state = args.state_dir or pathlib.Path(temporary)
-        step("starting the IoT pipeline: Kafka, PostgreSQL, Kafka Connect + Debezium, analytics service, aggregator")
         pipeline = IotPipeline(IotPipelineConfig(state_dir=state), say=lambda line: print("  " + line, flush=True))
+        behaviour: BehaviourPipeline | None = None
+        commerce: CommercePipeline | None = None
         try:
+            step("starting the stack: IoT (Kafka, PostgreSQL, Kafka Connect + Debezium, analytics, aggregator), "
+                 "behaviour (ingest, Flink job, WebSocket gateway)"
+                 + (", commerce (Spark Connect launched first, HDFS)" if args.commerce_events > 0 else ""))
+            if args.commerce_events > 0:
+                commerce = CommercePipeline(
+                    CommercePipelineConfig(state_dir=state / "commerce", postgres_dsn="",
+                                           events_per_day=args.commerce_events),
+                    say=lambda line: print("  [commerce] " + line, flush=True))
+                commerce.launch_spark()  # its JVM comes up while the others start
             pipeline.start()
-            print("  started in " + ", ".join(f"{k} {v:.1f} s" for k, v in pipeline.timings.items()))
+            print("  IoT started in " + ", ".join(f"{k} {v:.1f} s" for k, v in pipeline.timings.items()))
+            if args.behaviour_seconds > 0:
+                behaviour = start_behaviour(pipeline, state, args.behaviour_rate)
+            if commerce is not None:
+                commerce.config = dataclasses.replace(commerce.config, postgres_dsn=pipeline.app_dsn)
+                try:
+                    commerce.start()
+                    print("  [commerce] started in " + ", ".join(f"{k} {v:.1f} s" for k, v in commerce.timings.items())
+                          + " (spark launched first)")
+                except Exception as exc:
+                    print(f"  [commerce] did not start: {exc}")
+                    failures.append("commerce")
+                    commerce = None
+            startup_seconds = time.monotonic() - started
+            startup_rss = sampler.sample()
+            print(f"  stack up in {startup_seconds:.1f} s (aim < 60 s), RSS {human(startup_rss)} over "
+                  f"{len(children_of_this_process())} component processes")
             bootstrap = pipeline.bootstrap
+            if commerce is not None:
+                commerce.prepare_airflow()  # Airflow's metadata database, while the next steps run
 
             step("topics (created from the topics module)")
             kafka.ensure_topics(bootstrap)
@@ -424,21 +502,49 @@ def main(argv: list[str] | None = None) -> int:
             step("sending a malformed event: it goes to the dead-letter topic with the reason")
             failures += dead_letter_demo(bootstrap)
 
+            commerce_run: threading.Thread | None = None
+            commerce_failures: list[str] = []
+            if commerce is not None:
+                step(f"commerce (in the background, lines marked [commerce]): one day ({args.commerce_day}) of shop "
+                     f"logs into HDFS, then the Airflow DAG {DAG_ID} for it")
+                commerce_run = threading.Thread(
+                    target=lambda: commerce_failures.extend(run_commerce(commerce, args.commerce_day, proof)),
+                    name="commerce-run", daemon=True)
+                commerce_run.start()
+
             step(f"IoT: simulated devices write into PostgreSQL for {args.iot_seconds:.0f} s at {args.iot_rate:.0f} changes/s")
-            simulate_devices(pipeline, args.iot_seconds, args.iot_rate)
+            totals = simulate_devices(pipeline, args.iot_seconds, args.iot_rate)
 
             step("IoT: aggregates read back from ClickHouse through the analytics service")
-            failures += show_iot_results(pipeline)
-            print(f"  logs: {pipeline.logs_dir}" + ("" if args.state_dir else " (removed at exit; keep with --state-dir)"))
+            failures += show_iot_results(pipeline, totals, proof)
 
-            if args.behaviour_seconds > 0:
-                failures += run_behaviour(pipeline, state, args.behaviour_seconds, args.behaviour_users,
-                                          args.behaviour_rate)
+            if behaviour is not None:
+                failures += run_behaviour(behaviour, args.behaviour_seconds, args.behaviour_users, proof)
+
+            if commerce_run is not None:
+                step("commerce: waiting for the DAG run to finish")
+                commerce_run.join()
+                failures += commerce_failures
+            print(f"  logs: {state}/**/logs" + ("" if args.state_dir else " (removed at exit; keep with --state-dir)"))
         finally:
             step("stopping")
-            pipeline.stop()
+            for component in (behaviour, commerce, pipeline):
+                if component is not None:
+                    component.stop()
+        peak = sampler.stop()
 
     elapsed = time.monotonic() - started
+    step("summary: what proves each pipeline worked")
+    for line in proof:
+        print("  " + line)
+    if "startup_seconds" in locals():
+        print(f"  footprint  whole stack up in {startup_seconds:.1f} s (aim < 60 s); peak RSS {human(peak)} summed over "
+              f"{sampler.peak_processes} processes (aim < 8 GiB; shared pages counted per process)")
+    print("  open (the demo's own services stopped with it; the local stack keeps them running):")
+    print("    bazel run //deploy:up                       -> http://127.0.0.1:8400/dashboards/iot, "
+          "http://127.0.0.1:8400/dashboards/behaviour, http://127.0.0.1:8765/ (click around)")
+    print("    bazel run //deploy:up -- --profile all      -> Superset http://127.0.0.1:8088/ (commerce dashboards), "
+          "Airflow http://127.0.0.1:8080/ (logins in the up table)")
     if failures:
         print(f"\ndemo FAILED in {elapsed:.1f} s: {', '.join(failures)}")
         return 1

@@ -16,14 +16,12 @@ job's latest retained checkpoint) and `kill_ingest()` / `start_ingest()`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import re
 import signal
 import subprocess
 import time
-import urllib.parse
 import urllib.request
 import uuid
 from typing import Callable, Optional
@@ -31,9 +29,9 @@ from typing import Callable, Optional
 from datapipelines import kafka, topics
 from deploy.common.process import die_with_parent, free_port, tail
 from deploy.common.service import ServiceError, ServiceProcess, runfile
+from deploy.pipelines.base import StreamingPipeline
 from services.ingest import api_keys, auth
 
-ANALYTICS_BINARY = "services/analytics/analytics"
 INGEST_BINARY = "services/ingest/ingest"
 GATEWAY_BINARY = "services/ws_gateway/ws_gateway"
 FLINK_JOB_BINARY = "jobs/behaviour/metrics/metrics"
@@ -133,19 +131,18 @@ class FlinkJob:
         self.process.wait()
 
 
-class BehaviourPipeline:
+class BehaviourPipeline(StreamingPipeline):
     """All components of the behaviour pipeline; `say` receives one line per step."""
 
+    STOP_ORDER = (("gateway", "terminate"), ("flink_job", "terminate"), ("ingest", "terminate"),
+                  ("analytics", "terminate"))
+
     def __init__(self, config: BehaviourPipelineConfig, say: Callable[[str], None] = print):
-        self.config = config
-        self.say = say
-        self.analytics: Optional[ServiceProcess] = None
+        super().__init__(config, say)
         self.ingest: Optional[ServiceProcess] = None
         self.gateway: Optional[ServiceProcess] = None
         self.flink_job: Optional[FlinkJob] = None
-        self.timings: dict[str, float] = {}
         self.flink_restarts = 0
-        self._analytics_port = free_port()
         self._ingest_port = free_port()
         self._ingest_metrics_port = free_port()
         self._gateway_port = free_port()
@@ -177,10 +174,6 @@ class BehaviourPipeline:
         return f"ws://127.0.0.1:{self._gateway_port}/ws"
 
     @property
-    def logs_dir(self) -> pathlib.Path:
-        return self.config.state_dir / "logs"
-
-    @property
     def flink_state_dir(self) -> pathlib.Path:
         return self.config.state_dir / "flink"
 
@@ -204,18 +197,6 @@ class BehaviourPipeline:
         except BaseException:
             self.stop()
             raise
-
-    def start_analytics(self) -> ServiceProcess:
-        self.analytics = ServiceProcess(
-            "analytics",
-            [ANALYTICS_BINARY, "--bootstrap", self.bootstrap, "--port", str(self._analytics_port),
-             "--data-dir", str(self.config.state_dir / "analytics"),
-             "--batch-max-ms", str(self.config.analytics_batch_max_ms)],
-            self.logs_dir / "analytics.log",
-            health_url=f"{self.analytics_url}/readyz",
-        )
-        self._timed("analytics", lambda: self.analytics.start(timeout=120))
-        return self.analytics
 
     def _key(self) -> str:
         if self._api_key is None:
@@ -299,40 +280,13 @@ class BehaviourPipeline:
             self.say(f"ws_gateway exited with {code}")
         return emulation_summary(self.gateway.log_text())
 
-    def stop(self) -> None:
-        for name in ("gateway", "flink_job", "ingest", "analytics"):
-            component = getattr(self, name)
-            if component is not None:
-                try:
-                    component.terminate()
-                except Exception as exc:  # keep stopping the rest
-                    self.say(f"{name} did not stop cleanly: {exc}")
-
-    def __enter__(self) -> "BehaviourPipeline":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     # --- queries --------------------------------------------------------------------------
-
-    def query(self, path: str, **params) -> dict:
-        """GET a named query of the analytics service; returns the decoded JSON body."""
-        url = f"{self.analytics_url}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return json.loads(response.read())
 
     def gateway_metric(self, name: str) -> float:
         """Sum of one Prometheus series family of the gateway (all label sets)."""
         with urllib.request.urlopen(f"{self.gateway_url}/metrics", timeout=10) as response:
             text = response.read().decode()
         return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
-
-    def _timed(self, name: str, start: Callable):
-        began = time.monotonic()
-        result = start()
-        self.timings[name] = time.monotonic() - began
-        return result
 
 
 def emulation_summary(log_text: str) -> dict:

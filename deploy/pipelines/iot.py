@@ -11,11 +11,7 @@ and can kill and restart the aggregator or the analytics service to inject crash
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
-import time
-import urllib.parse
-import urllib.request
 from typing import Callable, Optional
 
 from datapipelines import kafka
@@ -24,10 +20,10 @@ from deploy.common.service import ServiceProcess
 from deploy.connect import connectors, register
 from deploy.connect.worker import ConnectWorker, WorkerConfig
 from deploy.kafka.broker import BrokerConfig, KafkaBroker
+from deploy.pipelines.base import StreamingPipeline
 from deploy.postgres.server import PostgresConfig, PostgresServer
 
 AGGREGATOR_BINARY = "jobs/iot/aggregator/aggregator"
-ANALYTICS_BINARY = "services/analytics/analytics"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,20 +36,19 @@ class IotPipelineConfig:
     exactly_once_source: bool = True
 
 
-class IotPipeline:
+class IotPipeline(StreamingPipeline):
     """All components of the IoT pipeline; `say` receives one line per step."""
 
+    STOP_ORDER = (("aggregator", "terminate"), ("analytics", "terminate"), ("connect", "stop"),
+                  ("postgres", "stop"), ("broker", "stop"))
+
     def __init__(self, config: IotPipelineConfig, say: Callable[[str], None] = print):
-        self.config = config
-        self.say = say
+        super().__init__(config, say)
         self.broker: Optional[KafkaBroker] = None
         self.postgres: Optional[PostgresServer] = None
         self.connect: Optional[ConnectWorker] = None
         self.aggregator: Optional[ServiceProcess] = None
-        self.analytics: Optional[ServiceProcess] = None
-        self.timings: dict[str, float] = {}
         self._aggregator_port = free_port()
-        self._analytics_port = free_port()
 
     # --- addresses ------------------------------------------------------------------------
 
@@ -64,14 +59,6 @@ class IotPipeline:
     @property
     def app_dsn(self) -> str:
         return self.postgres.app_dsn
-
-    @property
-    def analytics_url(self) -> str:
-        return f"http://127.0.0.1:{self._analytics_port}"
-
-    @property
-    def logs_dir(self) -> pathlib.Path:
-        return self.config.state_dir / "logs"
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -115,51 +102,6 @@ class IotPipeline:
         )
         self._timed("aggregator", lambda: self.aggregator.start(timeout=120))
         return self.aggregator
-
-    def start_analytics(self) -> ServiceProcess:
-        self.analytics = ServiceProcess(
-            "analytics",
-            [ANALYTICS_BINARY, "--bootstrap", self.bootstrap, "--port", str(self._analytics_port),
-             "--data-dir", str(self.config.state_dir / "analytics"),
-             "--batch-max-ms", str(self.config.analytics_batch_max_ms)],
-            self.logs_dir / "analytics.log",
-            health_url=f"{self.analytics_url}/readyz",
-        )
-        self._timed("analytics", lambda: self.analytics.start(timeout=120))
-        return self.analytics
-
-    def stop(self) -> None:
-        for name in ("aggregator", "analytics"):
-            service = getattr(self, name)
-            if service is not None:
-                service.terminate()
-        for name in ("connect", "postgres", "broker"):
-            component = getattr(self, name)
-            if component is not None:
-                try:
-                    component.stop()
-                except Exception as exc:  # keep stopping the rest
-                    self.say(f"{name} did not stop cleanly: {exc}")
-
-    def __enter__(self) -> "IotPipeline":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    # --- queries --------------------------------------------------------------------------
-
-    def query(self, path: str, **params) -> dict:
-        """GET a named query of the analytics service; returns the decoded JSON body."""
-        url = f"{self.analytics_url}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return json.loads(response.read())
-
-    def _timed(self, name: str, start: Callable):
-        began = time.monotonic()
-        result = start()
-        self.timings[name] = time.monotonic() - began
-        return result
 
 
 def _started(component):

@@ -9,8 +9,10 @@ means adding one `Service` here and its program to the `data` of `//deploy/stack
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
+import urllib.parse
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from deploy.connect import connectors
@@ -40,7 +42,8 @@ class Port:
 
 @dataclasses.dataclass(frozen=True)
 class Check:
-    """A health check: kind is tcp, http, grpc, kafka, postgres or connector; `target` its address."""
+    """A health check: kind is tcp, http, grpc, kafka, postgres, connector, hdfs, spark, flink or
+    airflow (see health.py); `target` its address."""
 
     kind: str
     target: str
@@ -67,9 +70,30 @@ class Context:
         return "host=%s port=%d dbname=%s user=%s password=%s" % (
             HOST, self.port("postgres"), POSTGRES_DATABASE, role, password)
 
+    def postgres_url(self, role: str, driver: str = "postgresql+psycopg2") -> str:
+        """The same login as `postgres_dsn`, as an SQLAlchemy URL (Superset)."""
+        fields = dict(item.split("=", 1) for item in self.postgres_dsn(role).split())
+        return "%s://%s:%s@%s:%s/%s" % (driver, fields["user"], urllib.parse.quote(fields["password"], safe=""),
+                                        fields["host"], fields["port"], fields["dbname"])
+
     @property
     def connect_url(self) -> str:
         return "http://%s:%d" % (HOST, self.port("connect"))
+
+    @property
+    def webhdfs_url(self) -> str:
+        return "http://%s:%d/webhdfs/v1" % (HOST, self.port("hdfs", "http"))
+
+    @property
+    def hdfs_url(self) -> str:
+        return "hdfs://%s:%d" % (HOST, self.port("hdfs"))
+
+    @property
+    def spark_remote(self) -> str:
+        return "sc://%s:%d" % (HOST, self.port("spark"))
+
+    def url(self, service: str, path: str = "") -> str:
+        return "http://%s:%d%s" % (HOST, self.port(service), path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +121,52 @@ def _ingest_env(ctx: Context) -> Dict[str, str]:
     # <BUILD_WORKSPACE_DIRECTORY>/.state/ingest; a small directory whose `.state` points at our
     # state directory puts it at <state>/ingest (see up.ingest_home).
     return {"BUILD_WORKSPACE_DIRECTORY": str(ctx.state_dir / "run" / "ingest-home")}
+
+
+def _state_file(path: pathlib.Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+def airflow_admin_password(ctx: Context) -> str:
+    """DP_AIRFLOW_ADMIN_PASSWORD, else the one the launcher generated and keeps in its state."""
+    if os.environ.get("DP_AIRFLOW_ADMIN_PASSWORD"):
+        return os.environ["DP_AIRFLOW_ADMIN_PASSWORD"]
+    try:
+        return json.loads(_state_file(ctx.state_dir / "airflow" / "simple_auth_manager_passwords.json"))["admin"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def superset_admin_password(ctx: Context) -> str:
+    """DP_SUPERSET_ADMIN_PASSWORD, else the one the launcher generated and keeps in its state."""
+    return os.environ.get("DP_SUPERSET_ADMIN_PASSWORD") or _state_file(ctx.state_dir / "superset" / "admin_password")
+
+
+def _login(user: str, password: str, where: pathlib.Path) -> List[str]:
+    if not password:
+        return ["login: %s / (written by the service to %s on its first start)" % (user, where)]
+    return ["login: %s / %s  (kept in %s)" % (user, password, where)]
+
+
+def _airflow_env(ctx: Context) -> Dict[str, str]:
+    # The commerce DAG reads its services from the environment (jobs/commerce/dags/README.md).
+    env = {
+        "DP_WEBHDFS_URL": ctx.webhdfs_url,
+        "DP_COMMERCE_RAW_ROOT": ctx.hdfs_url + COMMERCE_RAW_ROOT,
+        "DP_SPARK_REMOTE": ctx.spark_remote,
+        "DP_COMMERCE_POSTGRES_DSN": ctx.postgres_dsn(APP_ROLE),
+    }
+    password = superset_admin_password(ctx)
+    if "superset" in ctx.ports and password:  # refresh_dashboards runs only with a Superset
+        env.update({"DP_SUPERSET_URL": ctx.url("superset"), "DP_SUPERSET_USER": "admin",
+                    "DP_SUPERSET_PASSWORD": password})
+    return env
+
+
+COMMERCE_RAW_ROOT = "/raw/commerce/events"
 
 
 SERVICES: Tuple[Service, ...] = (
@@ -162,7 +232,7 @@ SERVICES: Tuple[Service, ...] = (
         binary="services/analytics/analytics",
         ports=(Port("port", "DP_ANALYTICS_PORT", 8400),),
         deps=("kafka",),
-        profiles=("iot",),
+        profiles=("iot", "behaviour"),
         args=lambda ctx: ["--bootstrap", ctx.bootstrap, "--port", str(ctx.port("analytics")),
                           "--data-dir", str(ctx.state_dir / "analytics")],
         check=lambda ctx: Check("http", "http://%s:%d/readyz" % (HOST, ctx.port("analytics"))),
@@ -199,9 +269,106 @@ SERVICES: Tuple[Service, ...] = (
         start_timeout=90.0,
         stop_timeout=30.0,
     ),
+    Service(
+        name="ws_gateway",
+        summary="WebSocket gateway: browser clients and emulated users -> ingest",
+        binary="services/ws_gateway/ws_gateway",
+        ports=(Port("port", "DP_WS_PORT", 8765),),
+        deps=("ingest",),
+        profiles=("behaviour",),
+        args=lambda ctx: ["--port", str(ctx.port("ws_gateway")), "--ingest-target", "%s:%d" % (HOST, ctx.port("ingest")),
+                          "--api-key-file", str(ctx.state_dir / "ingest" / "dev-api-key")],
+        check=lambda ctx: Check("http", ctx.url("ws_gateway", "/healthz")),
+        address=lambda ctx: "%s (ws %s)" % (ctx.url("ws_gateway", "/"), "ws://%s:%d/ws" % (HOST, ctx.port("ws_gateway"))),
+        start_timeout=60.0,
+        stop_timeout=30.0,
+    ),
+    Service(
+        name="hdfs",
+        summary="HDFS: NameNode + DataNode(s), WebHDFS",
+        binary="deploy/stack/hdfs_cluster",
+        ports=(Port("port", "DP_HDFS_NAMENODE_PORT", 8020), Port("http", "DP_HDFS_NAMENODE_HTTP_PORT", 9870),
+               Port("datanode", "DP_HDFS_DATANODE_BASE_PORT", 9866)),
+        deps=(),
+        profiles=("commerce",),
+        # One DataNode unless DP_HDFS_DATANODES says otherwise: a laptop stack, replication 1.
+        args=lambda ctx: ["--namenode-port", str(ctx.port("hdfs")), "--namenode-http-port", str(ctx.port("hdfs", "http")),
+                          "--datanode-base-port", str(ctx.port("hdfs", "datanode")),
+                          "--datanodes", os.environ.get("DP_HDFS_DATANODES") or "1", "--state-dir", str(ctx.state_dir)],
+        check=lambda ctx: Check("hdfs", "http://%s:%d" % (HOST, ctx.port("hdfs", "http"))),
+        address=lambda ctx: "%s (WebHDFS %s)" % (ctx.hdfs_url, ctx.webhdfs_url),
+        start_timeout=180.0,
+        stop_timeout=60.0,
+    ),
+    Service(
+        name="spark",
+        summary="Spark Connect job server (local mode)",
+        binary="deploy/spark/connect_server",
+        ports=(Port("port", "DP_SPARK_CONNECT_PORT", 15002),),
+        deps=(),
+        profiles=("commerce",),
+        args=lambda ctx: ["--port", str(ctx.port("spark")), "--state-dir", str(ctx.state_dir),
+                          "--start-timeout", "280"],
+        check=lambda ctx: Check("spark", "%s:%d" % (HOST, ctx.port("spark"))),
+        address=lambda ctx: ctx.spark_remote,
+        start_timeout=300.0,
+        stop_timeout=60.0,
+    ),
+    Service(
+        name="superset",
+        summary="Apache Superset: commerce dashboards over schema mart",
+        binary="deploy/superset/server",
+        ports=(Port("port", "DP_SUPERSET_PORT", 8088),),
+        deps=("postgres",),
+        profiles=("commerce",),
+        args=lambda ctx: ["--port", str(ctx.port("superset")), "--state-dir", str(ctx.state_dir)],
+        # The database URI carries a password: environment, not argv.
+        env=lambda ctx: {"DP_SUPERSET_DATABASE_URI": ctx.postgres_url(APP_ROLE)},
+        check=lambda ctx: Check("http", ctx.url("superset", "/health")),
+        address=lambda ctx: ctx.url("superset", "/"),
+        credentials=lambda ctx: _login("admin", superset_admin_password(ctx), ctx.state_dir / "superset" / "admin_password"),
+        start_timeout=300.0,
+        stop_timeout=45.0,
+    ),
+    Service(
+        name="airflow",
+        summary="Apache Airflow: scheduler, DAG processor, triggerer, API server; DAG commerce_daily",
+        binary="deploy/airflow/standalone",
+        ports=(Port("port", "DP_AIRFLOW_PORT", 8080),),
+        deps=("postgres", "hdfs", "spark"),
+        profiles=("commerce",),
+        args=lambda ctx: ["--port", str(ctx.port("airflow")), "--state-dir", str(ctx.state_dir / "airflow"),
+                          "--start-timeout", "280"],
+        env=_airflow_env,
+        check=lambda ctx: Check("airflow", ctx.url("airflow", "/api/v2/monitor/health")),
+        address=lambda ctx: ctx.url("airflow", "/"),
+        credentials=lambda ctx: _login("admin", airflow_admin_password(ctx),
+                                       ctx.state_dir / "airflow" / "simple_auth_manager_passwords.json"),
+        start_timeout=300.0,
+        stop_timeout=60.0,
+    ),
+    Service(
+        name="flink",
+        summary="Flink standalone session cluster: JobManager + TaskManager(s)",
+        binary="deploy/flink/cluster",
+        ports=(Port("port", "DP_FLINK_REST_PORT", 18081), Port("rpc", "DP_FLINK_RPC_PORT", 16123)),
+        deps=(),
+        profiles=("flink",),
+        args=lambda ctx: ["--flink-rest-port", str(ctx.port("flink")), "--flink-rpc-port", str(ctx.port("flink", "rpc")),
+                          "--taskmanagers", os.environ.get("DP_FLINK_TASKMANAGERS") or "1",
+                          "--state-dir", str(ctx.state_dir)],
+        check=lambda ctx: Check("flink", ctx.url("flink", "/overview")),
+        address=lambda ctx: "%s (submit: --jobmanager %s:%d)" % (ctx.url("flink", "/"), HOST, ctx.port("flink")),
+        start_timeout=180.0,
+        stop_timeout=60.0,
+    ),
 )
 
-PROFILES = ("all",) + tuple(sorted({p for s in SERVICES for p in s.profiles}))
+PROFILES = ("all", "default") + tuple(sorted({p for s in SERVICES for p in s.profiles}))
+# No flag: the streaming pipelines' services (fast: about a minute). `all` adds the commerce
+# services (HDFS, Spark, Superset, Airflow); the Flink session cluster only comes on request.
+DEFAULT_PROFILES = ("iot", "behaviour")
+ALL_PROFILES = ("iot", "behaviour", "commerce", "core")
 
 
 def by_name(services: Sequence[Service] = SERVICES) -> Dict[str, Service]:
@@ -245,7 +412,14 @@ def with_dependencies(names: Iterable[str], services: Sequence[Service] = SERVIC
     return [s.name for s in topological_order(services) if s.name in wanted]
 
 
-def select(profiles: Sequence[str] = ("all",), services_list: Optional[Sequence[str]] = None,
+def profile_services(profile: str, services: Sequence[Service] = SERVICES) -> List[str]:
+    """The services a profile names: `all` is iot + behaviour + commerce (+ core), `default` the
+    streaming ones; any other profile its own services."""
+    wanted = {"all": ALL_PROFILES, "default": DEFAULT_PROFILES}.get(profile, (profile,))
+    return [s.name for s in services if set(s.profiles) & set(wanted)]
+
+
+def select(profiles: Sequence[str] = ("default",), services_list: Optional[Sequence[str]] = None,
            with_: Sequence[str] = (), without: Sequence[str] = (),
            services: Sequence[Service] = SERVICES) -> List[str]:
     """The enabled services, in start order: an explicit list, else the profiles' services; then
@@ -256,10 +430,8 @@ def select(profiles: Sequence[str] = ("all",), services_list: Optional[Sequence[
     else:
         chosen = []
         for profile in profiles:
-            if profile == "all":
-                chosen += list(known)
-            elif profile in PROFILES:
-                chosen += [s.name for s in services if profile in s.profiles]
+            if profile in PROFILES:
+                chosen += profile_services(profile, services)
             else:
                 raise CatalogError("unknown profile %r (choose from %s)" % (profile, ", ".join(PROFILES)))
     chosen = [n for n in chosen + list(with_) if n not in set(without)]

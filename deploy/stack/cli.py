@@ -51,11 +51,13 @@ def up_main(argv: Optional[Sequence[str]] = None) -> int:
                     "waited for until healthy. Running healthy services are left alone.",
         epilog="Services: %s.\nProfiles: %s (a service's dependencies are always added).\nPorts: %s."
                "\n\nExamples:\n  bazel run //deploy:up\n  bazel run //deploy:up -- --profile iot\n"
+               "  bazel run //deploy:up -- --profile all          (adds HDFS, Spark, Superset, Airflow)\n"
                "  bazel run //deploy:up -- --only analytics        (restart one service)\n"
                "  bazel run //deploy:up -- --port kafka=19092 --without ingest" % (names, ", ".join(catalog.PROFILES), ports))
     _state_arg(parser)
     parser.add_argument("--profile", action="append", default=None,
-                        help="profiles to enable, comma separated [env DP_STACK_PROFILE, default all]")
+                        help="profiles to enable, comma separated: default (iot + behaviour), commerce, all (iot + "
+                             "behaviour + commerce), flink, core [env DP_STACK_PROFILE, default: default]")
     parser.add_argument("--services", action="append", default=None,
                         help="exactly these services (plus dependencies) instead of profiles [env DP_STACK_SERVICES]")
     parser.add_argument("--with", dest="with_", action="append", default=None, help="add services")
@@ -68,7 +70,7 @@ def up_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         overrides = dict(catalog.parse_port_override(text) for text in args.port)
         plan = catalog.port_plan(overrides)
-        profiles = _csv(args.profile) or _csv([os.environ.get("DP_STACK_PROFILE", "")]) or ["all"]
+        profiles = _csv(args.profile) or _csv([os.environ.get("DP_STACK_PROFILE", "")]) or ["default"]
         chosen = _csv(args.services) or _csv([os.environ.get("DP_STACK_SERVICES", "")])
         enabled = catalog.select(profiles, chosen, _csv(args.with_), _csv(args.without))
     except catalog.CatalogError as err:

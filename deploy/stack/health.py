@@ -100,8 +100,77 @@ def grpc_health(address: str, timeout: float = 3.0) -> Result:
     return status == "SERVING", status
 
 
+def _json(url: str, timeout: float):
+    """(document, None) or (None, why it could not be read)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read()), None
+    except urllib.error.HTTPError as err:
+        return None, "HTTP %d" % err.code
+    except (OSError, ValueError) as err:
+        return None, str(getattr(err, "reason", err))
+
+
+def hdfs(namenode_http_url: str, timeout: float = 3.0) -> Result:
+    """The NameNode's JMX and WebHDFS: operational, out of safe mode, at least one live DataNode."""
+    from deploy.hdfs.cluster import namenode_health
+
+    try:
+        state = namenode_health(namenode_http_url)
+    except (OSError, ValueError, KeyError) as err:
+        return False, str(getattr(err, "reason", err))
+    ok = (state["fs_state"] == "Operational" and not state["safemode"] and state["webhdfs"]
+          and state["live_datanodes"] >= 1)
+    return ok, "%d live DataNode(s), %s%s" % (state["live_datanodes"], state["fs_state"] or "no FS state",
+                                              ", safe mode" if state["safemode"] else "")
+
+
+def spark_connect(address: str, timeout: float = 5.0) -> Result:
+    """Spark Connect's gRPC service answers a call (an empty Config request it rejects as invalid).
+
+    The Connect client lives in another Python set (pyspark); an application-level error from
+    SparkConnectService proves the server is up and serving, UNAVAILABLE or UNIMPLEMENTED not."""
+    import grpc
+
+    ok, detail = tcp(address)
+    if not ok:
+        return ok, detail
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary("/spark.connect.SparkConnectService/Config",
+                                   request_serializer=lambda raw: raw, response_deserializer=lambda raw: raw)
+        try:
+            call(b"", timeout=timeout)
+            return True, "SparkConnectService answered"
+        except grpc.RpcError as err:
+            code = err.code()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED):
+                return False, "gRPC %s" % code.name
+            return True, "SparkConnectService answered (%s to an empty request)" % code.name
+
+
+def flink(overview_url: str, timeout: float = 3.0) -> Result:
+    """The JobManager's REST /overview lists at least one TaskManager with slots."""
+    overview, error = _json(overview_url, timeout)
+    if error:
+        return False, error
+    managers, slots = overview.get("taskmanagers", 0), overview.get("slots-total", 0)
+    return managers >= 1 and slots >= 1, "%d TaskManager(s), %d slots, %d running jobs" % (
+        managers, slots, overview.get("jobs-running", 0))
+
+
+def airflow(health_url: str, timeout: float = 5.0) -> Result:
+    """/api/v2/monitor/health: metadatabase, scheduler, triggerer and DAG processor all healthy."""
+    from deploy.airflow.launcher import unhealthy
+
+    document, error = _json(health_url, timeout)
+    if error:
+        return False, error
+    bad = unhealthy(document)
+    return not bad, ("not healthy: " + ", ".join(bad)) if bad else "all components healthy"
+
+
 _CHECKS = {"tcp": tcp, "http": http, "connector": connector, "kafka": kafka, "postgres": postgres,
-           "grpc": grpc_health}
+           "grpc": grpc_health, "hdfs": hdfs, "spark": spark_connect, "flink": flink, "airflow": airflow}
 
 
 def run(check: Check) -> Result:

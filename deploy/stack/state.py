@@ -22,6 +22,8 @@ from typing import Dict, List, Optional
 
 import psutil
 
+from deploy.stack.footprint import tree  # noqa: F401 (the process trees of the stack's services)
+
 # psutil's create_time is derived from boot time and clock ticks: allow for rounding.
 _CREATE_TIME_TOLERANCE = 1.0
 
@@ -151,11 +153,3 @@ def process_of(record: Optional[Record]) -> Optional[psutil.Process]:
 
 def is_alive(record: Optional[Record]) -> bool:
     return process_of(record) is not None
-
-
-def tree(proc: psutil.Process) -> List[psutil.Process]:
-    """The process and all its descendants (the JVMs and postmasters the launchers start)."""
-    try:
-        return [proc] + proc.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []

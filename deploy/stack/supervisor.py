@@ -26,6 +26,7 @@ from deploy.stack.state import Record, StateDir, is_alive, process_of, tree
 
 WORKSPACE = "data_pipelines"
 CRASH_LOG_LINES = 10
+CHILD_ENV_DROPPED = ("PYTHONPATH", "PYTHONSAFEPATH", "RUNFILES_DIR", "RUNFILES_MANIFEST_FILE")
 
 
 class StackError(RuntimeError):
@@ -216,7 +217,9 @@ class Stack:
         if not program.exists():
             raise StackError("%s is not in the runfiles of up (%s): add its target to the data of //deploy/stack:up"
                              % (service.binary, root))
-        env = dict(os.environ)
+        # Each program's launcher sets its own Python path (several Python sets share this tree:
+        # core, spark, airflow, superset, flink); ours must not leak into it.
+        env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV_DROPPED}
         env.update(service.env(ctx))
         return [str(program)] + service.args(ctx), str(root), env
 
