@@ -51,6 +51,9 @@ DATABASE_NAME = "Data Pipelines marts"
 # deploy/postgres on its default port, as the application role (local stack only).
 DEFAULT_DATABASE_URI = "postgresql+psycopg2://dp_app:dp-app-local@127.0.0.1:5432/datapipelines"
 DEFAULT_ADMIN = "admin"
+# Chart results are cached for an hour: the DAG's last task invalidates and re-warms them after
+# each published day, and a day published without it (no Superset configured) shows within the hour.
+DEFAULT_CACHE_SECONDS = 3600
 # Workspace paths of the runfiles this launcher needs.
 CONFIG_RUNFILE = "deploy/superset/superset_config.py"
 BUNDLE_RUNFILE = "deploy/superset/dashboards.zip"
@@ -90,6 +93,7 @@ class SupersetConfig:
     bundle: Optional[pathlib.Path] = None  # default: the bundle built from dashboards/*.yaml
     workers: int = 1
     threads: int = 4
+    cache_seconds: int = DEFAULT_CACHE_SECONDS  # chart results kept this long; 0: no cache
     start_timeout: float = 240.0
     stop_timeout: float = 30.0
 
@@ -168,6 +172,7 @@ class SupersetServer:
             "SUPERSET_HOME": str(config.superset_dir),
             "DP_SUPERSET_SECRET_KEY": secret_key,
             "DP_SUPERSET_METADATA_URI": "sqlite:///%s" % config.metadata_db,
+            "DP_SUPERSET_CACHE_SECONDS": str(config.cache_seconds),
             # Superset's CLI and gunicorn's workers resolve `superset` through this interpreter.
             "PYTHONUNBUFFERED": "1",
         })
@@ -353,6 +358,12 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="gunicorn worker processes [env DP_SUPERSET_WORKERS, default 1]")
     parser.add_argument("--threads", type=int, default=process.env_int("DP_SUPERSET_THREADS", 4),
                         help="threads per worker [env DP_SUPERSET_THREADS, default 4]")
+    parser.add_argument("--cache-seconds", type=int,
+                        default=process.env_int("DP_SUPERSET_CACHE_SECONDS", DEFAULT_CACHE_SECONDS, "seconds"),
+                        help="how long chart results stay cached (files in <state-dir>/superset/cache); the "
+                             "DAG's refresh_dashboards invalidates and re-warms them after each published day; "
+                             "0 turns the cache off [env DP_SUPERSET_CACHE_SECONDS, default %d]"
+                             % DEFAULT_CACHE_SECONDS)
     parser.add_argument("--start-timeout", type=float, default=240.0,
                         help="seconds to wait for the bootstrap and /health [240]")
     return parser
@@ -360,6 +371,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> SupersetConfig:
     args = _build_parser().parse_args(argv)
+    if args.cache_seconds < 0:
+        raise SystemExit("--cache-seconds must be 0 (no cache) or more, got %d" % args.cache_seconds)
     if not args.database_uri.startswith("postgresql"):
         raise SystemExit("--database-uri must be a postgresql:// SQLAlchemy URI, got %s" % redact_uri(args.database_uri))
     return SupersetConfig(
@@ -373,6 +386,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> SupersetConfig:
         bundle=args.bundle.absolute() if args.bundle else None,
         workers=args.workers,
         threads=args.threads,
+        cache_seconds=args.cache_seconds,
         start_timeout=args.start_timeout,
     )
 

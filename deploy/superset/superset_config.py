@@ -50,3 +50,24 @@ SUPERSET_WEBSERVER_TIMEOUT = 120
 ROW_LIMIT = 10000
 
 LOG_LEVEL = os.environ.get("DP_SUPERSET_LOG_LEVEL", "INFO")
+
+# Chart results are cached in files in the state directory, so every gunicorn worker shares
+# them. The commerce DAG's last task (jobs/commerce/dags/superset.py) invalidates the cache of
+# every dataset on schema `mart` and re-warms every chart on them after a day is published:
+#  - invalidation (POST /api/v1/cachekey/invalidate) finds the keys through the metadata
+#    table `cache_keys`, filled only with STORE_CACHE_KEYS_IN_METADATA_DB, and deletes them
+#    through CACHE_CONFIG's backend, while chart results live in DATA_CACHE_CONFIG's: both
+#    point at the same directory with the same prefix, so a key deleted is a result gone.
+# DP_SUPERSET_CACHE_SECONDS=0 (`--cache-seconds 0`) keeps Superset's default: no cache.
+CACHE_DEFAULT_TIMEOUT = int(os.environ.get("DP_SUPERSET_CACHE_SECONDS", "3600"))
+if CACHE_DEFAULT_TIMEOUT > 0:
+    _FILE_CACHE = {
+        "CACHE_TYPE": "FileSystemCache",
+        "CACHE_DIR": os.path.join(DATA_DIR, "cache"),
+        "CACHE_KEY_PREFIX": "dp_",
+        "CACHE_DEFAULT_TIMEOUT": CACHE_DEFAULT_TIMEOUT,
+        "CACHE_THRESHOLD": 5000,
+    }
+    CACHE_CONFIG = dict(_FILE_CACHE)
+    DATA_CACHE_CONFIG = dict(_FILE_CACHE)
+    STORE_CACHE_KEYS_IN_METADATA_DB = True

@@ -29,7 +29,6 @@ LOG = logging.getLogger("commerce_daily")
 SUCCESS_MARKER = "_SUCCESS"
 DATA_FILE_PREFIX = "part-"
 PUBLISHED_TABLE = "mart.published_day"
-PUBLISHED_DDL = pathlib.Path(__file__).with_name("published_day.sql")
 # Environment a child py_binary must not inherit from this process: it would find our
 # runfiles and our Python path instead of its own.
 CHILD_ENV_DROP = ("PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH", "RUNFILES_DIR", "RUNFILES_MANIFEST_FILE",
@@ -291,19 +290,11 @@ def check_quality(day: str, settings: RuntimeSettings, run_id: Optional[str] = N
 # --- publish -------------------------------------------------------------------------------------
 
 def ensure_published_table(conn) -> None:
-    """Creates mart.published_day when missing and the role may; otherwise says how to create it."""
-    import psycopg
-
-    if _rows(conn, "SELECT to_regclass(%s) IS NOT NULL AS present", [PUBLISHED_TABLE])[0]["present"]:
-        return
-    try:
-        with conn.transaction():
-            conn.execute(PUBLISHED_DDL.read_text(encoding="utf-8"))
-    except psycopg.errors.InsufficientPrivilege as err:
+    """Fails clearly when mart.published_day is missing: migration 0003 of deploy/postgres creates it."""
+    if not _rows(conn, "SELECT to_regclass(%s) IS NOT NULL AS present", [PUBLISHED_TABLE])[0]["present"]:
         raise PermanentError(
-            "table %s does not exist and this role may not create it (%s): apply "
-            "jobs/commerce/dags/published_day.sql as the owner of schema mart" % (PUBLISHED_TABLE, str(err).strip())
-        ) from None
+            "table %s does not exist: apply the PostgreSQL migrations (bazel run //deploy/postgres:migrate, "
+            "migration 0003_commerce_published_day)" % PUBLISHED_TABLE)
 
 
 def publish(day: str, settings: RuntimeSettings, run_id: str, dag_run_id: str, quality_report: str) -> None:
@@ -326,12 +317,14 @@ def refresh_dashboards(day: str, settings: RuntimeSettings) -> Optional[str]:
     """Invalidate and warm the Superset charts on schema mart; None when no Superset is configured."""
     if not settings.superset_url:
         return None
-    from jobs.commerce.dags.superset import SupersetClient, SupersetError
+    from jobs.commerce.dags.superset import SupersetClient, SupersetError, SupersetLoginError
 
     client = SupersetClient(settings.superset_url, settings.superset_user, settings.superset_password)
     try:
         report = client.refresh()
-    except SupersetError as err:
+    except SupersetLoginError as err:  # a wrong or missing password: retrying cannot help
+        raise PermanentError("refreshing the dashboards for %s failed: %s" % (day, err)) from None
+    except SupersetError as err:  # Superset down or failing: a retry may find it back
         raise TaskError("refreshing the dashboards for %s failed: %s" % (day, err)) from None
     if report.chart_errors:
         raise TaskError("refreshing the dashboards for %s: %s" % (day, report.describe()))

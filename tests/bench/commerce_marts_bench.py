@@ -1,0 +1,293 @@
+"""Commerce marts benchmark: one day of N shop events through the real Spark job, phase by phase.
+
+    bazel run //tests/bench:commerce_marts -- --help
+    bazel run //tests/bench:commerce_marts -- --events 1000000
+
+Starts its own real services on free loopback ports (a temporary state directory, removed at
+the end unless --keep): HDFS (NameNode + 2 DataNodes, deploy/hdfs), PostgreSQL (migrated,
+deploy/postgres) and a Spark Connect server (deploy/spark, local[2]). Then:
+
+1. generate: the shop simulator (//services/shop_simulator) writes one day of --events lines
+   into HDFS over WebHDFS (gzip JSON lines, the real partition layout with _SUCCESS);
+2. the marts job (//jobs/commerce/marts:job, the launcher the Airflow DAG runs) processes the
+   day against the Spark Connect server and PostgreSQL. Its progress lines on stderr are
+   timestamped here as they arrive, which splits its wall time into
+     start       process start -> "event=reading" (Python, Spark Connect session)
+     read+parse  -> "event=parsed" (read the gz files from HDFS, validate every line, count)
+     marts       -> the last "event=computed" (every mart collected to the job)
+     write       -> "event=written" (one PostgreSQL transaction for the day)
+3. baseline, same run, same files: one plain Python process reads every part file over
+   WebHDFS, gunzips it and json-parses every line (no validation, no marts).
+
+Printed: events, seconds per phase, events/s of the job (end to end and read+parse+marts) and
+of the baseline, and the ratios. The machine is shared, so wall seconds depend on its load
+(printed at the start and the end); CPU seconds are printed too (the job's process and the
+Spark Connect server's JVM, sampled with psutil, against the baseline's own CPU time), and
+events per CPU second compare the two engines without the other processes' share. Nothing is
+asserted. The issue's aim (10,000,000 events in <= 2 minutes) is printed next to the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gzip
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Dict, List, Optional
+
+import psutil
+
+from deploy.common.process import die_with_parent, tail
+from deploy.common.service import runfile
+from deploy.hdfs.webhdfs import WebHdfsClient
+from tests.fixtures.hdfs_cluster import start_cluster
+from tests.fixtures.postgres_server import start_server
+from tests.fixtures.spark_connect import SparkConnectProcess
+
+RAW_ROOT = "/raw/commerce/events"
+SIMULATOR = "services/shop_simulator/shop_simulator"
+JOB = "jobs/commerce/marts/job"
+TARGET_SECONDS = 120  # issue 5: one day of 10,000,000 events in at most 2 minutes
+PHASE_EVENTS = ("event=reading", "event=parsed", "event=computed", "event=written")
+
+
+def child_env(**extra) -> Dict[str, str]:
+    """Our environment without this process's Python path: each launcher finds its own set."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONSAFEPATH", "RUNFILES_DIR", "RUNFILES_MANIFEST_FILE")}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def generate(webhdfs_url: str, day: datetime.date, events: int, users: int, workers: int,
+             log_path: pathlib.Path) -> float:
+    argv = [str(runfile(SIMULATOR)), "--start-date", day.isoformat(), "--days", "1",
+            "--events-per-day", str(events), "--users", str(users), "--workers", str(workers),
+            "--webhdfs-url", webhdfs_url, "--root", RAW_ROOT]
+    began = time.monotonic()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env(),
+                                   preexec_fn=die_with_parent())
+        for raw in iter(process.stdout.readline, b""):
+            log.write(raw)
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if "event=part_written" in line or "event=day_published" in line:
+                say("  generate| " + line)
+        code = process.wait()
+    if code != 0:
+        raise SystemExit("the shop simulator failed (exit %d):\n%s" % (code, tail(log_path, 30)))
+    return time.monotonic() - began
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def run_job(day: datetime.date, hdfs_url: str, spark_url: str, dsn: str, log_path: pathlib.Path,
+            spark_pid: int) -> Dict:
+    """Runs the job; its summary, the seconds of each phase (from its progress events) and the
+    CPU seconds it and the Spark Connect server spent."""
+    argv = [str(runfile(JOB)), "--day", day.isoformat(), "--raw-root", hdfs_url + RAW_ROOT,
+            "--spark-remote", spark_url]
+    marks: Dict[str, float] = {}
+    stdout: List[str] = []
+    spark_cpu_before = tree_cpu_seconds(spark_pid)
+    began = time.monotonic()
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=child_env(DP_COMMERCE_POSTGRES_DSN=dsn), preexec_fn=die_with_parent())
+    job_cpu = [0.0]
+
+    def sample_job_cpu() -> None:  # the job's tree, until it exits (its last sample stays)
+        while process.poll() is None:
+            job_cpu[0] = max(job_cpu[0], tree_cpu_seconds(process.pid))
+            time.sleep(1.0)
+
+    sampler = threading.Thread(target=sample_job_cpu, daemon=True)
+    sampler.start()
+
+    def pump_stderr() -> None:
+        with open(log_path, "wb") as log:
+            for raw in iter(process.stderr.readline, b""):
+                now = time.monotonic()
+                log.write(raw)
+                line = raw.decode("utf-8", errors="replace")
+                for event in PHASE_EVENTS:
+                    if event in line:
+                        marks[event] = now  # the last "computed" wins: all marts are done then
+                        if event != "event=computed":
+                            say("  job| " + line.rstrip())
+
+    pump = threading.Thread(target=pump_stderr, daemon=True)
+    pump.start()
+    for raw in iter(process.stdout.readline, b""):
+        stdout.append(raw.decode("utf-8", errors="replace"))
+    code = process.wait()
+    ended = time.monotonic()
+    spark_cpu = tree_cpu_seconds(spark_pid) - spark_cpu_before
+    pump.join(30)
+    sampler.join(5)
+    if code != 0 or not stdout:
+        raise SystemExit("the marts job failed (exit %d):\n%s" % (code, tail(log_path, 40)))
+    missing = [e for e in PHASE_EVENTS if e not in marks]
+    if missing:
+        raise SystemExit("the job's log lacks %s (did its progress lines change?):\n%s"
+                         % (", ".join(missing), tail(log_path, 20)))
+    return {
+        "summary": json.loads(stdout[-1]),
+        "start": marks["event=reading"] - began,
+        "read_parse": marks["event=parsed"] - marks["event=reading"],
+        "marts": marks["event=computed"] - marks["event=parsed"],
+        "write": marks["event=written"] - marks["event=computed"],
+        "total": ended - began,
+        "cpu": spark_cpu + job_cpu[0],
+        "spark_cpu": spark_cpu,
+    }
+
+
+def python_baseline(webhdfs_url: str, day: datetime.date) -> Dict:
+    """Plain Python over the same files: WebHDFS read, gunzip, json.loads of every line."""
+    client = WebHdfsClient(webhdfs_url, timeout=600)
+    partition = "%s/dt=%s" % (RAW_ROOT, day.isoformat())
+    parts = sorted(e["pathSuffix"] for e in client.list(partition)
+                   if e.get("type") == "FILE" and e["pathSuffix"].startswith("part-"))
+    lines = parsed = compressed = 0
+    began = time.monotonic()
+    cpu_began = time.process_time()
+    for name in parts:
+        data = client.read("%s/%s" % (partition, name))
+        compressed += len(data)
+        for line in gzip.decompress(data).splitlines():
+            lines += 1
+            try:
+                json.loads(line)
+                parsed += 1
+            except ValueError:  # malformed, truncated, non-UTF-8: the bad lines of the day
+                pass
+    return {"seconds": time.monotonic() - began, "cpu": time.process_time() - cpu_began, "lines": lines, "parsed": parsed, "parts": len(parts),
+            "compressed_bytes": compressed}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bazel run //tests/bench:commerce_marts --",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="One day of N shop events through the real commerce marts job (HDFS -> Spark Connect -> "
+                    "PostgreSQL), seconds per phase and events/s, next to plain Python reading and json-parsing "
+                    "the same files from HDFS in the same run.",
+        epilog="How long it takes here (2 cores shared with other work, load average 13-18, 2026-11-28): "
+               "1,000,000 events took 22 min in all (services 1.8 min, generate 2.3 min, the job 16 min, the "
+               "baseline 12 s); the job's time grows with the events, so the default 10,000,000 would take "
+               "about 2.5 h at that load (figures: jobs/commerce/marts/README.md, Performance). "
+               "Environment: DP_BENCH_EVENTS, DP_BENCH_USERS.",
+    )
+    parser.add_argument("--events", type=int, default=int(os.environ.get("DP_BENCH_EVENTS", 10_000_000)),
+                        help="lines of the generated day [10000000, the issue's size]")
+    parser.add_argument("--users", type=int, default=int(os.environ.get("DP_BENCH_USERS", 50_000)),
+                        help="customers of the simulated shop [50000]")
+    parser.add_argument("--day", type=datetime.date.fromisoformat, default=datetime.date(2026, 1, 1),
+                        help="the day generated and processed [2026-01-01]")
+    parser.add_argument("--generator-workers", type=int, default=2, help="simulator processes [2]")
+    parser.add_argument("--driver-memory", default="3g", help="heap of the Spark Connect server [3g]")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the plain Python baseline")
+    parser.add_argument("--state-dir", type=pathlib.Path, help="where the services keep their state "
+                        "[a new temporary directory]")
+    parser.add_argument("--keep", action="store_true", help="keep the state directory (HDFS data, logs) at the end")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.events < 1 or args.users < 1:
+        raise SystemExit("--events and --users must be positive")
+    state = args.state_dir or pathlib.Path(tempfile.mkdtemp(prefix="commerce-marts-bench-"))
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o755)  # PostgreSQL runs as an unprivileged user: it must reach its folder in here
+    say("commerce marts bench: events=%d users=%d day=%s state=%s load=%s cpus=%d"
+        % (args.events, args.users, args.day, state, "/".join("%.1f" % x for x in os.getloadavg()), os.cpu_count()))
+    hdfs = postgres = spark = None
+    try:
+        began = time.monotonic()
+        hdfs = start_cluster(state / "hdfs")
+        postgres = start_server(state / "postgres")
+        spark = SparkConnectProcess(state / "spark", master="local[2]", driver_memory=args.driver_memory).start()
+        say("services up in %.1f s: %s, %s, postgres port %d"
+            % (time.monotonic() - began, hdfs.hdfs_url, spark.url, postgres.port))
+
+        generate_seconds = generate(hdfs.webhdfs_url, args.day, args.events, args.users, args.generator_workers,
+                                    state / "simulator.log")
+        job = run_job(args.day, hdfs.hdfs_url, spark.url, postgres.app_dsn, state / "job.log", spark.process.pid)
+        summary = job["summary"]
+        baseline = None if args.no_baseline else python_baseline(hdfs.webhdfs_url, args.day)
+
+        raw = summary["raw_lines"]
+        computed = job["read_parse"] + job["marts"]
+        say("")
+        say("events (raw lines)           %12d   valid %d, rejected %d" % (raw, summary["valid_events"],
+                                                                              summary["rejected_lines"]))
+        say("mart rows                    %12d   %s" % (sum(summary["rows"].values()),
+                                                         json.dumps(summary["rows"], sort_keys=True)))
+        say("generate (simulator, %d proc) %10.1f s  %10.0f events/s" % (args.generator_workers, generate_seconds,
+                                                                        raw / generate_seconds))
+        say("job: start                   %10.1f s" % job["start"])
+        say("job: read+parse              %10.1f s  %10.0f events/s" % (job["read_parse"], raw / job["read_parse"]))
+        say("job: marts                   %10.1f s" % job["marts"])
+        say("job: write (PostgreSQL)      %10.1f s" % job["write"])
+        say("job: total wall              %10.1f s  %10.0f events/s   (aim: 10,000,000 in <= %d s)"
+            % (job["total"], raw / job["total"], TARGET_SECONDS))
+        say("job: read+parse+marts        %10.1f s  %10.0f events/s" % (computed, raw / computed))
+        say("job: CPU (job + Spark JVM)   %10.1f s  %10.0f events per CPU second (Spark JVM %.1f s)"
+            % (job["cpu"], raw / max(job["cpu"], 1e-9), job["spark_cpu"]))
+        if baseline:
+            rate = baseline["lines"] / baseline["seconds"]
+            cpu_rate = baseline["lines"] / max(baseline["cpu"], 1e-9)
+            say("baseline: Python read+gunzip+json.loads %6.1f s  %10.0f events/s   (%d parts, %.1f MB gz, "
+                "%d lines, %d parsed)" % (baseline["seconds"], rate, baseline["parts"],
+                                          baseline["compressed_bytes"] / 1e6, baseline["lines"], baseline["parsed"]))
+            say("baseline: CPU                %10.1f s  %10.0f events per CPU second" % (baseline["cpu"], cpu_rate))
+            say("ratio job read+parse / baseline (wall)   %10.4f x" % ((raw / job["read_parse"]) / rate))
+            say("ratio job total / baseline (wall)        %10.4f x   (the baseline is %.0f x faster)"
+                % ((raw / job["total"]) / rate, rate / (raw / job["total"])))
+            say("ratio job / baseline per CPU second      %10.4f x" % ((raw / max(job["cpu"], 1e-9)) / cpu_rate))
+        say("load average at the end: %s" % "/".join("%.1f" % x for x in os.getloadavg()))
+        return 0
+    finally:
+        for name, stop in (("spark", spark.stop if spark else None), ("postgres", postgres.stop if postgres else None),
+                           ("hdfs", hdfs.stop if hdfs else None)):
+            if stop:
+                try:
+                    stop()
+                except Exception as err:  # keep stopping the others
+                    print("stopping %s failed: %s" % (name, err), file=sys.stderr)
+        if args.keep:
+            say("state kept in %s (simulator.log, job.log, hdfs/, postgres/, spark/)" % state)
+        elif args.state_dir is None:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
