@@ -6,7 +6,7 @@ import os
 import pathlib
 import re
 
-IMAGES = {"aggregator", "analytics", "ingest", "iot_simulator", "ws_gateway"}
+IMAGES = {"aggregator", "analytics", "behaviour_metrics", "commerce_marts", "ingest", "iot_simulator", "ws_gateway"}
 
 
 def test_every_image_has_its_own_digest():

@@ -8,9 +8,17 @@ Environment (set per image in BUILD.bazel):
   IMAGE_ABSENT      distributions that must not be shipped (test-only ones), space separated
   IMAGE_HELP_TEXT   a phrase the app's --help prints
   IMAGE_IMPORTS     third-party modules the image's python must import (space separated)
+  IMAGE_ENTRYPOINT  the expected entrypoint as JSON (default: the image's python on IMAGE_MAIN)
+  IMAGE_APP_DIR     where the runfiles tree of the workspace is (default /app)
+  IMAGE_ROOTS       top-level folders the layers above the base may write (default: app)
+  IMAGE_SITE        the site-packages folder checked against IMAGE_ABSENT
+                    (default /app/external/py_core/site-packages)
+  IMAGE_RUN         JSON list of [argv, phrase]: further programs run inside the image as its
+                    user, each must exit 0 and print the phrase (the engine's CLI, the job's --help)
 
-The app is started inside the unpacked root file system with chroot as the image's user
-(root is needed for chroot; without it, `unshare --map-root-user` gives a user namespace).
+The app is started inside the unpacked root file system with chroot as the image's user, in its
+own mount and PID namespaces with a /proc (root is needed for chroot; without it,
+`unshare --map-root-user` gives a user namespace).
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import os
 import pathlib
 import re
 import shutil
+import socket
+import stat
 import subprocess
 import tarfile
 
@@ -108,7 +118,8 @@ def test_three_layers_whose_diff_ids_are_the_uncompressed_tars(image):
 def test_config_entrypoint_user_and_labels(image):
     _, _, _, config = image
     c = config["config"]
-    assert c["Entrypoint"] == ["/usr/bin/python3.11", os.environ["IMAGE_MAIN"]]
+    assert c["Entrypoint"] == json.loads(os.environ.get("IMAGE_ENTRYPOINT") or "null") or [
+        "/usr/bin/python3.11", os.environ["IMAGE_MAIN"]]
     assert c["User"] == "%d:%d" % (NONROOT, NONROOT)
     assert config["created"] == "1970-01-01T00:00:00Z"
     labels = c["Labels"]
@@ -116,7 +127,7 @@ def test_config_entrypoint_user_and_labels(image):
     revision = labels["org.opencontainers.image.revision"]
     assert revision == "unstamped" or re.fullmatch(r"[0-9a-f]{40}|unknown", revision), revision
     env = dict(item.split("=", 1) for item in c["Env"])
-    assert env["PYTHONPATH"].split(":")[0] == "/app"
+    assert env["PYTHONPATH"].split(":")[0] == os.environ.get("IMAGE_APP_DIR", "/app")
     assert not any(re.search(r"(?i)(password|secret|token|api_key)", key) for key in env), env
 
 
@@ -155,35 +166,62 @@ def test_required_files_present(rootfs):
 
 def test_app_and_third_party_layers_hold_only_the_runfiles_tree(rootfs):
     _, members = rootfs
+    roots = os.environ.get("IMAGE_ROOTS", "app").split()
     for name, (number, _) in members.items():
         if number > 0:
-            assert name == "app" or name.startswith("app/"), "layer %d writes %s outside /app" % (number, name)
+            inside = any(name == r or name.startswith(r + "/") or r.startswith(name + "/") for r in roots)
+            assert inside, "layer %d writes %s outside %s" % (number, name, roots)
         assert "__pycache__" not in name.split("/") and not name.endswith(".pyc"), name
 
 
 def test_no_test_only_distributions_and_no_secrets(rootfs):
     out, members = rootfs
-    site = out / "app" / "external" / "py_core" / "site-packages"
+    site = out / os.environ.get("IMAGE_SITE", "/app/external/py_core/site-packages").lstrip("/")
     for dist in os.environ.get("IMAGE_ABSENT", "").split():
         assert not (site / dist).exists(), "%s (a test-only dependency) is in the image" % dist
     for name, (number, member) in members.items():
         if number == 0 or not member.isfile():
             continue
         assert ".state/" not in name and not name.endswith(("api_keys.jsonl", "dev-api-key")), name
-        if name.startswith("app/") and not name.startswith("app/external/"):
+        app = os.environ.get("IMAGE_APP_DIR", "/app").lstrip("/")
+        if name.startswith(app + "/") and not name.startswith(app + "/external/"):
             assert b"PRIVATE KEY-----" not in (out / name).read_bytes(), "%s holds a private key" % name
 
 
+# What a container runtime provides and the image does not ship: device nodes in /dev (the
+# engines' scripts write to /dev/null, the JVM seeds from /dev/urandom), /dev/fd (bash process
+# substitution), /etc/hosts naming this host (the JVM resolves its own name) and a /proc (the
+# dynamic loader finds the JDK's libraries through /proc/self/exe). Made in the unpacked root file
+# system; /proc is mounted in a private mount and PID namespace that vanishes with the program.
+DEVICES = {"null": (1, 3), "zero": (1, 5), "random": (1, 8), "urandom": (1, 9)}
+
+
+def _container_runtime_files(out: pathlib.Path) -> None:
+    dev = out / "dev"
+    dev.mkdir(mode=0o755, exist_ok=True)
+    if os.geteuid() == 0:
+        for name, (major, minor) in DEVICES.items():
+            if not (dev / name).exists():
+                os.mknod(dev / name, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+                os.chmod(dev / name, 0o666)
+    if not (dev / "fd").is_symlink():
+        (dev / "fd").symlink_to("/proc/self/fd")
+    (out / "proc").mkdir(mode=0o555, exist_ok=True)
+    (out / "etc" / "hosts").write_text("127.0.0.1 localhost\n127.0.0.1 %s\n" % socket.gethostname())
+
+
 def _run_in_rootfs(out: pathlib.Path, config: dict, args):
+    _container_runtime_files(out)
     env = dict(item.split("=", 1) for item in config["config"]["Env"])
     entrypoint = config["config"]["Entrypoint"]
     chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+    namespaces = ["unshare", "--mount", "--pid", "--fork", "--mount-proc=%s" % (out / "proc")]
     if os.geteuid() == 0:
         uid, gid = config["config"]["User"].split(":")
-        cmd = [chroot, "--userspec=%s:%s" % (uid, gid), str(out)] + entrypoint + args
+        cmd = namespaces + [chroot, "--userspec=%s:%s" % (uid, gid), str(out)] + entrypoint + args
     else:
-        cmd = ["unshare", "--map-root-user", chroot, str(out)] + entrypoint + args
-    return subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+        cmd = namespaces[:1] + ["--map-root-user"] + namespaces[1:] + [chroot, str(out)] + entrypoint + args
+    return subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
 
 
 def test_app_starts_with_help_inside_the_image(image, rootfs):
@@ -192,6 +230,16 @@ def test_app_starts_with_help_inside_the_image(image, rootfs):
     assert result.returncode == 0, result.stdout
     assert "usage:" in result.stdout
     assert os.environ["IMAGE_HELP_TEXT"] in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("argv, phrase", json.loads(os.environ.get("IMAGE_RUN") or "[]"))
+def test_programs_run_inside_the_image(image, rootfs, argv, phrase):
+    out, _ = rootfs
+    config = json.loads(json.dumps(image[3]))
+    config["config"]["Entrypoint"] = argv
+    result = _run_in_rootfs(out, config, [])
+    assert result.returncode == 0, result.stdout
+    assert phrase in result.stdout, result.stdout
 
 
 def test_image_python_runs_as_nonroot_and_imports_the_locked_packages(image, rootfs):

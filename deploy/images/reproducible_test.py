@@ -1,6 +1,6 @@
 """Reproducibility of the image build.
 
-1. Two independent Bazel builds of the same image (`:ingest` and `:ingest_rebuild`, two output
+1. Two independent Bazel builds of the same image (`:<name>` and `:<name>_rebuild`, two output
    paths) are byte-identical tarballs with the same manifest digest.
 2. The layer and image writers (tools/oci), re-run outside Bazel over the image's own content,
    unpacked into another folder, listed in another order and with other file times, give the
@@ -68,18 +68,25 @@ def test_writers_rerun_elsewhere_give_the_same_digests(tmp_path):
             layer_tool.main(["tar", "--tar", str(base), "--out", str(out), "--descriptor", str(described)])
         else:  # files: unpack elsewhere, shuffle the listing, touch every file
             tree = tmp_path / ("tree%d" % number)
-            lines = []
+            lines, links = [], []
             with tarfile.open(blob, mode="r:gz") as tar:
                 tar.extractall(tree)
                 for member in tar.getmembers():
                     if member.isfile():
                         source = tree / member.name
-                        os.utime(source, (rng.randint(1, 2 ** 31), rng.randint(1, 2 ** 31)))
+                        os.utime(source, (rng.randint(1, 2 ** 31), rng.randint(1, 2 ** 31)),
+                                 follow_symlinks=False)
                         lines.append("/%s\t%s\n" % (member.name, source))
+                    elif member.issym():  # the engine's home links into the runfiles (JVM images)
+                        links.append("/%s\t%s\n" % (member.name, member.linkname))
             rng.shuffle(lines)
+            rng.shuffle(links)
             listing = tmp_path / ("layer%d.manifest" % number)
             listing.write_text("".join(lines))
-            layer_tool.main(["files", "--manifest", str(listing), "--out", str(out), "--descriptor", str(described)])
+            link_listing = tmp_path / ("layer%d.links" % number)
+            link_listing.write_text("".join(links))
+            layer_tool.main(["files", "--manifest", str(listing), "--links", str(link_listing),
+                             "--out", str(out), "--descriptor", str(described)])
         result = json.loads(described.read_text())
         assert result["digest"] == descriptor["digest"], "layer %d" % number
         assert result["diff_id"] == config["rootfs"]["diff_ids"][number], "layer %d" % number

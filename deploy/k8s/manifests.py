@@ -36,11 +36,13 @@ HADOOP_CONF_DIR = "/etc/hadoop-dp"
 MONITORING_NAMESPACE = "monitoring"
 CNPG_OPERATOR_NAMESPACE = "cnpg-system"
 CNPG_STATUS_PORT = 8000
-# Paths inside our images (the image build lays the repository out under /app).
+# Paths inside our images (deploy/images; images_test checks them against the built images):
+# the repository's runfiles under /app, except the Flink job's, which sit under Flink's usrlib.
 APP_ROOT = "/app"
+FLINK_JOB_ROOT = "/opt/flink/usrlib"
 FLINK_PYTHON_JAR = "local:///opt/flink/opt/flink-python-2.3.0.jar"
 FLINK_CHECKPOINTS = "/flink-data"
-SPARK_VERSION = "4.1.0"
+SPARK_VERSION = "4.3.0"  # the pyspark of the spark set, whose jars the image's /opt/spark links
 # Airflow renders this into the SparkApplication it submits each day (SparkKubernetesOperator).
 COMMERCE_DAY = "{{ ds }}"
 
@@ -637,6 +639,9 @@ def flink_objects(env: Environment, images: Resolver) -> List[Obj]:
                 "kubernetes.operator.job.upgrade.last-state-fallback.enabled": "true",
                 "high-availability.type": "kubernetes",
                 "high-availability.storageDir": "file://%s/ha" % FLINK_CHECKPOINTS,
+                # The connector jars sit in lib/ and in the job's pipeline.jars: the parent's copy
+                # must win (as in the image's own conf and deploy/flink).
+                "classloader.resolve-order": "parent-first",
             },
             "podTemplate": {
                 "metadata": {"labels": labels("flink", env)},
@@ -652,7 +657,7 @@ def flink_objects(env: Environment, images: Resolver) -> List[Obj]:
                 # PyFlink in application mode: Flink's Python driver runs the job's main module.
                 "jarURI": FLINK_PYTHON_JAR,
                 "entryClass": "org.apache.flink.client.python.PythonDriver",
-                "args": ["-py", "%s/jobs/behaviour/metrics/main.py" % APP_ROOT,
+                "args": ["-py", "%s/jobs/behaviour/metrics/main.py" % FLINK_JOB_ROOT,
                          "--bootstrap", kafka_bootstrap(),
                          "--state-dir", "%s/behaviour-metrics" % FLINK_CHECKPOINTS,
                          "--parallelism", str(parallelism)],

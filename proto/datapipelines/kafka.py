@@ -56,15 +56,40 @@ def produce(producer: Producer, topic: topics.Topic, message: Message, on_delive
             producer.poll(0.1)
 
 
+# CreateTopics' "use the broker's default.replication.factor" (KIP-464).
+BROKER_DEFAULT_REPLICATION = -1
+
+
+def replication_of(topic: topics.Topic) -> int:
+    """The replication factor to create `topic` with: its own declaration, else the broker's default.
+
+    The default lets one configuration serve both profiles: a single broker (default 1) and a
+    3-node cluster (default 3, min ISR 2 from the brokers' config).
+    """
+    declared = getattr(topic, "replication_factor", None)
+    if declared is None:
+        return BROKER_DEFAULT_REPLICATION
+    if not isinstance(declared, int) or declared < 1:
+        raise ValueError(f"topic {topic.name} declares replication factor {declared!r}: use an integer >= 1")
+    return declared
+
+
 def ensure_topics(bootstrap: str, wanted: Iterable[topics.Topic] = topics.ALL, timeout: float = 30.0) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
+    """Create the topics that do not exist yet; returns the names created.
+
+    Replication: a topic's declared factor, else the broker's `default.replication.factor`.
+    """
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [t for t in wanted if t.name not in existing]
     if not missing:
         return []
+    new_topics = [
+        NewTopic(t.name, num_partitions=t.partitions, replication_factor=replication_of(t), config=t.config())
+        for t in missing
+    ]
     futures = admin.create_topics(
-        [NewTopic(t.name, num_partitions=t.partitions, replication_factor=1, config=t.config()) for t in missing],
+        new_topics,
         operation_timeout=timeout,
         request_timeout=timeout,
     )

@@ -14,6 +14,7 @@ from collections import defaultdict
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from datapipelines import kafka, topics
 from tests.fixtures.kafka_cluster import kafka_cluster_factory  # noqa: F401 (a fixture)
 
 TOPIC = "cluster.fault.orders"
@@ -23,8 +24,18 @@ RECORDS = 12000
 KILL_AT = RECORDS // 3
 
 
-def _partitions(admin: AdminClient, topic: str):
-    return admin.list_topics(topic, timeout=15).topics[topic].partitions
+def _partitions(admin: AdminClient, topic: str, expected: int = 0, timeout: float = 60.0):
+    """The topic's partitions once metadata shows at least `expected` of them, each with a leader
+    (a topic just created may be missing from a broker's metadata for a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin.list_topics(topic, timeout=15).topics.get(topic)
+        partitions = metadata.partitions if metadata is not None and metadata.error is None else {}
+        if partitions and len(partitions) >= expected and all(p.leader >= 0 for p in partitions.values()):
+            return partitions
+        assert time.monotonic() < deadline, "topic %s: metadata shows %d partitions with leaders after %.0f s" % (
+            topic, len(partitions), timeout)
+        time.sleep(0.5)
 
 
 def _wait(condition, timeout: float, what: str) -> None:
@@ -72,11 +83,20 @@ def test_acknowledged_records_survive_a_broker_sigkill(kafka_cluster_factory):
     assert values["min.insync.replicas"].value == "2"
     assert values["default.replication.factor"].value == "3"
 
+    # Topics created by our own code (the registry through ensure_topics) get the cluster's
+    # replication factor and min ISR from the brokers' config.
+    ours = [topics.BEHAVIOUR_EVENTS, kafka.dead_letter_topic(topics.BEHAVIOUR_EVENTS)]
+    assert kafka.ensure_topics(cluster.bootstrap, ours) == sorted(t.name for t in ours)
+    for topic in ours:
+        assert all(len(p.replicas) == 3 for p in _partitions(admin, topic.name).values()), topic.name
+    topic_config = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, ours[0].name)])
+    assert list(topic_config.values())[0].result(timeout=30)["min.insync.replicas"].value == "2"
+
     # Replication factor from the broker default (-1), like a pipeline's topic declaration would.
     for future in admin.create_topics([NewTopic(TOPIC, PARTITIONS, -1)], operation_timeout=30).values():
         future.result(timeout=60)
-    partitions = _partitions(admin, TOPIC)
-    assert all(len(p.replicas) == 3 for p in partitions.values())
+    partitions = _partitions(admin, TOPIC, PARTITIONS)
+    assert len(partitions) == PARTITIONS and all(len(p.replicas) == 3 for p in partitions.values())
 
     acknowledged, failures = [], []
     acked_lock = threading.Lock()

@@ -25,7 +25,9 @@ def _debian_rootfs_impl(rctx):
     script = rctx.path(rctx.attr._script)
     rctx.report_progress("Debian packages for the image base: %s" % " ".join(rctx.attr.packages))
     res = rctx.execute(
-        [rctx.attr.python, str(script), "--cache", _cache(rctx), "--print-folder"] + rctx.attr.packages,
+        [rctx.attr.python, str(script), "--cache", _cache(rctx), "--print-folder"] +
+        ["--symlink=%s=%s" % (path, rctx.attr.symlinks[path]) for path in sorted(rctx.attr.symlinks)] +
+        rctx.attr.packages,
         timeout = rctx.attr.timeout,
         quiet = True,
     )
@@ -48,6 +50,7 @@ debian_rootfs = repository_rule(
     implementation = _debian_rootfs_impl,
     attrs = {
         "packages": attr.string_list(mandatory = True, doc = "Debian packages; their dependencies come along."),
+        "symlinks": attr.string_dict(doc = "Links maintainer scripts would have made: {path in the image: target}."),
         "python": attr.string(mandatory = True, doc = "Interpreter running rootfs.py (PYTHON from @local_python)."),
         "timeout": attr.int(default = 1200),
         "_script": attr.label(default = "//tools/oci:rootfs.py"),

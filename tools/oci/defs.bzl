@@ -60,23 +60,52 @@ oci_tar_layer = rule(
     },
 )
 
-def _image_path(f):
-    """Where a runfile lands below /app: Bazel's legacy runfiles layout of the main repository."""
+def _image_path(ctx, f):
+    """Where a runfile lands: Bazel's legacy runfiles layout of the main repository below app_dir
+    (external repositories below external_dir when that is set: app_dir/external links there)."""
     if f.short_path.startswith("../"):
-        return "external/" + f.short_path[len("../"):]
-    return f.short_path
+        return "%s/%s" % (_external_dir(ctx), f.short_path[len("../"):])
+    return "%s/%s" % (ctx.attr.app_dir, f.short_path)
+
+def _external_dir(ctx):
+    return ctx.attr.external_dir or ctx.attr.app_dir + "/external"
 
 def _import_path(ctx, imp):
     """A PyInfo import root (runfiles-relative: `<workspace>/x` or `<repo>/x`) inside the image."""
     if imp == ctx.workspace_name or imp.startswith(ctx.workspace_name + "/"):
         rest = imp[len(ctx.workspace_name) + 1:]
-        return RUNFILES_DIR + ("/" + rest if rest else "")
-    return RUNFILES_DIR + "/external/" + imp
+        return ctx.attr.app_dir + ("/" + rest if rest else "")
+    return ctx.attr.app_dir + "/external/" + imp
 
-def _layer(ctx, name, files, comment):
+def _engine_layout(ctx, runfiles):
+    """The engine's home (FLINK_HOME, SPARK_HOME) made of runfiles: copies and links by prefix.
+
+    Returns ([(image path, file)], {link path: target}).
+    """
+    copies, links = {}, {}
+    for f in runfiles:
+        path = _image_path(ctx, f)
+        for prefix, dest in ctx.attr.copies.items():
+            if path.startswith(prefix + "/"):
+                copies[dest + "/" + path[len(prefix) + 1:]] = f
+        for prefix, dest in ctx.attr.links.items():
+            if path.startswith(prefix + "/") and path.endswith(".jar"):
+                links[dest + "/" + f.basename] = path
+    for target, path in ctx.attr.files.items():  # these win over copies (the image's own config)
+        for f in target.files.to_list():
+            copies[path] = f
+    links.update(ctx.attr.symlinks)
+    if ctx.attr.external_dir:
+        links[ctx.attr.app_dir + "/external"] = ctx.attr.external_dir
+    return [(path, copies[path]) for path in sorted(copies)], links
+
+def _layer(ctx, name, files, comment, copies = [], links = {}):
     manifest = ctx.actions.declare_file("%s_layers/%s.manifest" % (ctx.label.name, name))
-    lines = ["%s/%s\t%s" % (RUNFILES_DIR, _image_path(f), f.path) for f in files]
+    lines = ["%s\t%s" % (_image_path(ctx, f), f.path) for f in files]
+    lines += ["%s\t%s" % (path, f.path) for path, f in copies]
     ctx.actions.write(manifest, "\n".join(sorted(lines)) + "\n")
+    links_file = ctx.actions.declare_file("%s_layers/%s.links" % (ctx.label.name, name))
+    ctx.actions.write(links_file, "".join(["%s\t%s\n" % (path, links[path]) for path in sorted(links)]))
     blob = ctx.actions.declare_file("%s_layers/%s.tar.gz" % (ctx.label.name, name))
     descriptor = ctx.actions.declare_file("%s_layers/%s.json" % (ctx.label.name, name))
     ctx.actions.run(
@@ -85,6 +114,8 @@ def _layer(ctx, name, files, comment):
             "files",
             "--manifest",
             manifest.path,
+            "--links",
+            links_file.path,
             "--out",
             blob.path,
             "--descriptor",
@@ -92,7 +123,7 @@ def _layer(ctx, name, files, comment):
             "--comment",
             comment,
         ],
-        inputs = depset([manifest], transitive = [depset(files)]),
+        inputs = depset([manifest, links_file], transitive = [depset(files + [f for _, f in copies])]),
         outputs = [blob, descriptor],
         mnemonic = "OciLayer",
         progress_message = "Writing the %s layer of %s" % (name, ctx.label),
@@ -120,9 +151,13 @@ def _py_image_impl(ctx):
     base = ctx.attr.base_layer[OciLayerInfo]
     layers = [(base.descriptor, base.blob)]
     layers.append(_layer(ctx, "third_party", theirs, "third-party Python distributions and pinned data"))
-    layers.append(_layer(ctx, "app", ours, "application code and generated protobuf code"))
+    copies, links = _engine_layout(ctx, runfiles)
+    comment = "application code and generated protobuf code"
+    if copies or links:
+        comment += "; the engine's home: launch scripts, configuration, links to its jars"
+    layers.append(_layer(ctx, "app", ours, comment, copies, links))
 
-    imports = [RUNFILES_DIR]
+    imports = [ctx.attr.app_dir]
     if PyInfo in binary:
         for imp in binary[PyInfo].imports.to_list():
             if _import_path(ctx, imp) not in imports:
@@ -135,6 +170,8 @@ def _py_image_impl(ctx):
         "LANG": "C.UTF-8",
         "HOME": "/home/nonroot",
     }
+    if ctx.attr.external_dir:
+        env["RUNFILES_DIR"] = ctx.attr.external_dir  # tools/jvm/classpath finds <repo>/jars there
     env.update(ctx.attr.env)
 
     out = ctx.actions.declare_file(ctx.label.name + ".tar")
@@ -145,7 +182,9 @@ def _py_image_impl(ctx):
         args.add_all("--layer", [descriptor, blob])
         inputs += [descriptor, blob]
     args.add("--repo-tag", ctx.attr.repo_tag)
-    args.add("--entrypoint", json.encode([IMAGE_PYTHON, "%s/%s" % (RUNFILES_DIR, ctx.attr.main)]))
+    entrypoint = ctx.attr.entrypoint or [IMAGE_PYTHON, "%s/%s" % (ctx.attr.app_dir, ctx.attr.main)]
+    args.add("--entrypoint", json.encode(entrypoint))
+    args.add("--cmd", json.encode(ctx.attr.cmd))
     args.add("--user", ctx.attr.user)
     args.add("--workdir", ctx.attr.workdir)
     for key in sorted(env):
@@ -193,6 +232,14 @@ py_image = rule(
         "workdir": attr.string(default = "/home/nonroot"),
         "stamp": attr.bool(default = False, doc = "Label the git revision (stable-status.txt); set by the macro from --stamp."),
         "base_layer": attr.label(default = "//tools/oci:debian_python_base", providers = [OciLayerInfo]),
+        "app_dir": attr.string(default = RUNFILES_DIR, doc = "Where the runfiles tree of this workspace goes."),
+        "external_dir": attr.string(doc = "Where external repositories go instead of app_dir/external (then linked)."),
+        "entrypoint": attr.string_list(doc = "Instead of the image's python on main."),
+        "cmd": attr.string_list(doc = "Default arguments of the entrypoint."),
+        "copies": attr.string_dict(doc = "{image path prefix of runfiles: folder}: every file below copied there."),
+        "links": attr.string_dict(doc = "{image path prefix of runfiles: folder}: a link per jar below, by file name."),
+        "symlinks": attr.string_dict(doc = "{path: target}: further links (a whole folder of the engine)."),
+        "files": attr.label_keyed_string_dict(allow_files = True, doc = "{file: image path}: extra files (entrypoint, config)."),
         "_layer_tool": attr.label(default = "//tools/oci:layer", executable = True, cfg = "host"),
         "_image_tool": attr.label(default = "//tools/oci:image", executable = True, cfg = "host"),
     },

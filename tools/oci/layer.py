@@ -3,6 +3,7 @@
     layer.py files --manifest M --out L.tar.gz --descriptor L.json
         M: one line per file, "<path in the image>\t<file to read>"; __pycache__ and .pyc dropped.
         Modes: 0755 when the file is executable, else 0644; owner root; parents 0755.
+        --links K: one line per symbolic link, "<path in the image>\t<target>".
     layer.py tar --tar base.tar --out L.tar.gz --descriptor L.json
         gzips an existing deterministic tar (the Debian base built at fetch time).
 """
@@ -13,7 +14,7 @@ import argparse
 import json
 import os
 import sys
-from typing import List
+from typing import Iterator, List, Tuple
 
 import tarball
 
@@ -22,27 +23,37 @@ def _skipped(path: str) -> bool:
     return "/__pycache__/" in "/" + path + "/" or path.endswith((".pyc", ".pyo"))
 
 
-def entries_from_manifest(manifest: str) -> List[tarball.Entry]:
-    entries = {}
-    with open(manifest, encoding="utf-8") as lines:
+def _pairs(listing: str, second: str) -> Iterator[Tuple[int, str, str]]:
+    """(line number, path in the image without the leading slash, second column) of a listing."""
+    with open(listing, encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             line = line.rstrip("\n")
             if not line:
                 continue
             try:
-                dest, source = line.split("\t")
+                dest, value = line.split("\t")
             except ValueError:
-                raise SystemExit("%s:%d: want '<path in image>\\t<source file>', got %r" % (manifest, number, line))
-            dest = dest.lstrip("/")
-            if _skipped(dest):
-                continue
-            if not os.path.isfile(source):
-                raise SystemExit("%s:%d: %s is not a file" % (manifest, number, source))
-            if dest in entries and entries[dest].source != source:
-                raise SystemExit("%s:%d: %s comes from both %s and %s" % (manifest, number, dest, entries[dest].source, source))
-            mode = 0o755 if os.access(source, os.X_OK) else 0o644
-            entries[dest] = tarball.Entry(dest, mode=mode, source=source)
+                raise SystemExit("%s:%d: want '<path in image>\\t<%s>', got %r" % (listing, number, second, line))
+            yield number, dest.lstrip("/"), value
+
+
+def entries_from_manifest(manifest: str) -> List[tarball.Entry]:
+    entries = {}
+    for number, dest, source in _pairs(manifest, "source file"):
+        if _skipped(dest):
+            continue
+        if not os.path.isfile(source):
+            raise SystemExit("%s:%d: %s is not a file" % (manifest, number, source))
+        if dest in entries and entries[dest].source != source:
+            raise SystemExit("%s:%d: %s comes from both %s and %s" % (manifest, number, dest, entries[dest].source, source))
+        mode = 0o755 if os.access(source, os.X_OK) else 0o644
+        entries[dest] = tarball.Entry(dest, mode=mode, source=source)
     return list(entries.values())
+
+
+def entries_from_links(links: str) -> List[tarball.Entry]:
+    return [tarball.Entry(dest, kind="symlink", mode=0o777, target=target)
+            for _, dest, target in _pairs(links, "link target")]
 
 
 def main(argv=None) -> int:
@@ -50,6 +61,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     files = sub.add_parser("files", help="a layer of the files listed in a manifest")
     files.add_argument("--manifest", required=True)
+    files.add_argument("--links", help="symbolic links to add, one per line")
     base = sub.add_parser("tar", help="gzip an existing deterministic tar")
     base.add_argument("--tar", required=True)
     for p in (files, base):
@@ -59,7 +71,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with open(args.out, "wb") as out:
         if args.command == "files":
-            blob = tarball.write_layer(entries_from_manifest(args.manifest), out)
+            entries = entries_from_manifest(args.manifest)
+            if args.links:
+                entries += entries_from_links(args.links)
+            blob = tarball.write_layer(entries, out)
         else:
             blob = tarball.compress_tar(args.tar, out)
     with open(args.descriptor, "w", encoding="utf-8") as out:

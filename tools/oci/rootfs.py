@@ -12,10 +12,12 @@ Run by the repository rule in debian_rootfs.bzl (fetch time, not build time):
    /etc/passwd and /etc/group with `nonroot` (uid/gid 65532), /home/nonroot owned by it,
    /tmp world-writable with the sticky bit, and the CA bundle that ca-certificates' maintainer
    script would have generated.
-3. The result is written as one deterministic tar (tarball.py) plus `packages.txt`
+3. Links that maintainer scripts would have made (`update-alternatives`: /usr/bin/java, a
+   `python3`) are added from `--symlink PATH=TARGET`.
+4. The result is written as one deterministic tar (tarball.py) plus `packages.txt`
    (package=version of every unpacked .deb).
 
-Both land in DIR/<key>/, key = hash of the package list and FORMAT; a later fetch (a new clone,
+Both land in DIR/<key>/, key = hash of the package list, the links and FORMAT; a later fetch (a new clone,
 a new output base) with the same list reuses them without touching the network. Delete the
 folder to pick up Debian security updates.
 """
@@ -31,7 +33,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import tarball
 
@@ -54,9 +56,33 @@ PASSWD = "root:x:0:0:root:/root:/usr/sbin/nologin\n%s:x:%d:%d:%s:/home/%s:/usr/s
 GROUP = "root:x:0:\n%s:x:%d:\n" % (USER, UID)
 
 
-def cache_key(packages: List[str]) -> str:
+def cache_key(packages: List[str], symlinks: Optional[Dict[str, str]] = None) -> str:
     text = "format=%s\npackages=%s\n" % (FORMAT, " ".join(sorted(set(packages))))
+    if symlinks:  # absent for a list without links: the key of existing caches stays the same
+        text += "symlinks=%s\n" % " ".join("%s=%s" % item for item in sorted(symlinks.items()))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def parse_symlinks(pairs: List[str]) -> Dict[str, str]:
+    """{path in the image: link target} from PATH=TARGET arguments."""
+    links = {}
+    for pair in pairs:
+        path, sep, target = pair.partition("=")
+        path = os.path.normpath(path.strip("/")) if path.strip("/") else ""
+        if not sep or not path or not target or path.startswith(".."):
+            raise SystemExit("--symlink %r: want PATH=TARGET with a path inside the image" % pair)
+        links[path] = target
+    return links
+
+
+def add_symlinks(entries: Dict[str, tarball.Entry], links: Dict[str, str]) -> None:
+    """Adds the links; each must point at something the packages installed (checked in the image)."""
+    for path, target in sorted(links.items()):
+        resolved = os.path.normpath(target.lstrip("/") if target.startswith("/")
+                                    else os.path.join(os.path.dirname(path), target))
+        if resolved not in entries:
+            raise SystemExit("--symlink %s=%s: %s is not in the unpacked packages" % (path, target, resolved))
+        entries[path] = tarball.Entry(path, kind="symlink", mode=0o777, target=target)
 
 
 def download(packages: List[str], dest: str) -> List[str]:
@@ -134,9 +160,9 @@ def finish(entries: Dict[str, tarball.Entry]) -> None:
         entries["etc/ssl/certs/ca-certificates.crt"] = tarball.Entry("etc/ssl/certs/ca-certificates.crt", data=bundle)
 
 
-def build(packages: List[str], cache: str) -> str:
+def build(packages: List[str], cache: str, symlinks: Optional[Dict[str, str]] = None) -> str:
     """Returns the cache folder holding rootfs.tar and packages.txt, building it when missing."""
-    folder = os.path.join(cache, cache_key(packages))
+    folder = os.path.join(cache, cache_key(packages, symlinks))
     if os.path.isfile(os.path.join(folder, "rootfs.tar")):
         print("rootfs: reusing %s" % folder, file=sys.stderr)
         return folder
@@ -148,6 +174,7 @@ def build(packages: List[str], cache: str) -> str:
         print("rootfs: unpacking %d packages" % len(debs), file=sys.stderr)
         entries = unpack(debs)
         finish(entries)
+        add_symlinks(entries, symlinks or {})
         staged = os.path.join(work, "out")
         os.makedirs(staged)
         with open(os.path.join(staged, "rootfs.tar"), "wb") as out:
@@ -171,9 +198,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", required=True, help="persistent cache folder (outside the workspace)")
     parser.add_argument("--print-folder", action="store_true", help="print the cache folder used")
+    parser.add_argument("--symlink", action="append", default=[], metavar="PATH=TARGET",
+                        help="a link a maintainer script would have made (usr/bin/java=/usr/lib/jvm/.../java)")
     parser.add_argument("packages", nargs="+", help="Debian packages; their dependencies come along")
     args = parser.parse_args(argv)
-    folder = build(args.packages, os.path.abspath(args.cache))
+    folder = build(args.packages, os.path.abspath(args.cache), parse_symlinks(args.symlink))
     if args.print_folder:
         print(folder)
     return 0

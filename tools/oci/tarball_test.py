@@ -127,3 +127,40 @@ def test_base_users_and_cache_key():
     assert entries["home/nonroot"].uid == 65532 and entries["tmp"].mode == 0o1777
     assert entries["etc/ssl/certs/ca-certificates.crt"].data == b"A\nB\n"
     assert rootfs.cache_key(["b", "a"]) == rootfs.cache_key(["a", "b", "a"]) != rootfs.cache_key(["a"])
+
+
+def test_symlinks_of_the_base_point_at_installed_files_and_change_the_key():
+    entries = {"usr/lib/jvm/j/bin/java": tarball.Entry("usr/lib/jvm/j/bin/java", data=b"elf"),
+               "bin/bash": tarball.Entry("bin/bash", data=b"elf")}
+    links = rootfs.parse_symlinks(["/usr/bin/java=/usr/lib/jvm/j/bin/java", "bin/sh=bash"])
+    rootfs.add_symlinks(entries, links)
+    assert entries["usr/bin/java"].kind == "symlink" and entries["usr/bin/java"].target == "/usr/lib/jvm/j/bin/java"
+    assert entries["bin/sh"].target == "bash"
+    with pytest.raises(SystemExit, match="not in the unpacked packages"):
+        rootfs.add_symlinks(entries, {"usr/bin/python3": "python3.11"})
+    with pytest.raises(SystemExit, match="PATH=TARGET"):
+        rootfs.parse_symlinks(["usr/bin/java"])
+    # Without links the key is the one existing caches were made under; with links it differs.
+    assert rootfs.cache_key(["a"], {}) == rootfs.cache_key(["a"]) != rootfs.cache_key(["a"], links)
+
+
+def test_layer_links_are_written_as_symlinks_in_order(tmp_path):
+    (tmp_path / "flink-dist.jar").write_bytes(b"jar")
+    manifest = tmp_path / "m"
+    manifest.write_text("/opt/dp/lib/flink-dist.jar\t%s\n" % (tmp_path / "flink-dist.jar"))
+    links = tmp_path / "l"
+    links.write_text("/opt/flink/lib/flink-dist.jar\t/opt/dp/lib/flink-dist.jar\n/opt/flink/plugins\t/opt/dp/plugins\n")
+    out, descriptor = tmp_path / "layer.tar.gz", tmp_path / "layer.json"
+    layer.main(["files", "--manifest", str(manifest), "--links", str(links), "--out", str(out),
+                "--descriptor", str(descriptor)])
+    with tarfile.open(out, "r:gz") as tar:
+        members = {m.name.rstrip("/"): m for m in tar.getmembers()}
+    assert members["opt/flink/lib/flink-dist.jar"].issym()
+    assert members["opt/flink/lib/flink-dist.jar"].linkname == "/opt/dp/lib/flink-dist.jar"
+    assert members["opt/flink/plugins"].linkname == "/opt/dp/plugins"
+    assert members["opt/dp/lib/flink-dist.jar"].isfile()
+    bad = tmp_path / "bad"
+    bad.write_text("/opt/flink/lib/x.jar\n")
+    with pytest.raises(SystemExit, match="link target"):
+        layer.main(["files", "--manifest", str(manifest), "--links", str(bad), "--out", str(out),
+                    "--descriptor", str(descriptor)])
