@@ -21,7 +21,10 @@ Steps (each printed as it happens):
   5. behaviour: emulated users browse the shop, a real WebSocket client adds a few visits, then
      "closing" events a few minutes ahead close every window and session; the demo prints events
      per minute by type, sessions and the funnel read back from ClickHouse;
-  6. a summary: the numbers that prove each pipeline worked (rows in, aggregates out, DLQ counts;
+  6. dashboards: the live IoT and behaviour pages open in headless Chromium while everything runs;
+     each must hold data points, keep redrawing in place with no script error and no request
+     leaving the service; screenshots go to .state/demo/screenshots (--screenshots);
+  7. a summary: the numbers that prove each pipeline worked (rows in, aggregates out, DLQ counts;
      raw lines, valid, rejected, mart rows, revenue and task states of the commerce day), the
      stack's start-up time and peak RSS (every child process tree sampled each second) against
      the aims (< 60 s, < 8 GiB), and what to open with the local stack.
@@ -45,6 +48,8 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from datapipelines import catalog, kafka, records, samples, topics
+from deploy import dashboards_check
+from deploy.common.process import workspace_state_dir
 from deploy.pipelines.behaviour import BehaviourPipeline, BehaviourPipelineConfig
 from deploy.pipelines.commerce import DAG_ID, CommercePipeline, CommercePipelineConfig
 from deploy.pipelines.iot import IotPipeline, IotPipelineConfig
@@ -441,6 +446,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commerce-day", type=dt.date.fromisoformat,
                         default=dt.date.fromisoformat(os.environ.get("DP_DEMO_COMMERCE_DAY", "2026-01-01")),
                         help="the simulated shop day, YYYY-MM-DD (env DP_DEMO_COMMERCE_DAY)")
+    parser.add_argument("--dashboards-check", action=argparse.BooleanOptionalAction,
+                        default=os.environ.get("DP_DEMO_DASHBOARDS_CHECK", "1") != "0",
+                        help="open the live dashboards in headless Chromium while the stack runs: data points, "
+                             "live refreshes, screenshots (env DP_DEMO_DASHBOARDS_CHECK=0 turns it off)")
+    parser.add_argument("--screenshots", type=pathlib.Path, default=None,
+                        help="where the dashboards' screenshots go (default: .state/demo/screenshots in the workspace)")
     parser.add_argument("--state-dir", type=pathlib.Path, default=None,
                         help="keep data and logs here (default: a temporary directory, removed at the end)")
     args = parser.parse_args(argv)
@@ -520,6 +531,15 @@ def main(argv: list[str] | None = None) -> int:
 
             if behaviour is not None:
                 failures += run_behaviour(behaviour, args.behaviour_seconds, args.behaviour_users, proof)
+
+            if args.dashboards_check:
+                pages = ("iot", "behaviour") if behaviour is not None else ("iot",)
+                step("dashboards: the live pages in headless Chromium while the stack runs")
+                shots = args.screenshots or workspace_state_dir() / "demo" / "screenshots"
+                lines, failed = dashboards_check.check(pipeline.analytics_url, shots,
+                                                       say=lambda line: print("  " + line, flush=True), pages=pages)
+                proof += lines
+                failures += failed
 
             if commerce_run is not None:
                 step("commerce: waiting for the DAG run to finish")

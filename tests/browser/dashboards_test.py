@@ -16,7 +16,7 @@ import pytest
 from datapipelines import kafka, records, topics
 from services.analytics import testing
 from services.analytics.service_process import ServiceProcess, produce
-from tests.browser.chromium import Chromium
+from deploy.common.chromium import Chromium
 from tests.fixtures.kafka_broker import free_ports, kafka_broker  # noqa: F401  (pytest fixture)
 
 RANGE = "from=2023-11-14T22:00:00Z&to=2023-11-14T23:00:00Z&refresh=1"

@@ -1,4 +1,4 @@
-"""Headless Chromium driven over its DevTools protocol (CDP), for browser tests of our pages.
+"""Headless Chromium driven over its DevTools protocol (CDP): browser tests and the demo's live check.
 
     with Chromium.launch(tmp_dir) as browser:
         page = browser.page()
