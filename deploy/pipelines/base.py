@@ -88,6 +88,11 @@ class StreamingPipeline(Pipeline):
 
     def query(self, path: str, **params) -> dict:
         """GET a named query of the analytics service; returns the decoded JSON body."""
-        url = f"{self.analytics_url}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return json.loads(response.read())
+        return query(self.analytics_url, path, **params)
+
+
+def query(analytics_url: str, path: str, **params) -> dict:
+    """GET a named query of the analytics service at `analytics_url`; the decoded JSON body."""
+    url = f"{analytics_url}{path}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())

@@ -61,6 +61,9 @@ class BehaviourPipelineConfig:
     session_gap_seconds: int = 30 * 60
     checkpoint_interval_seconds: float = 2.0
     parallelism: int = 1
+    # Where the job starts reading behaviour.events.v1: earliest-offset (all of it) or
+    # latest-offset (from its start: a run on a long-lived broker).
+    startup_mode: str = "earliest-offset"
     # The ingestion service: how far ahead of its clock a client_time may be.
     max_clock_skew_seconds: float = 300.0
 
@@ -225,7 +228,7 @@ class BehaviourPipeline(StreamingPipeline):
     def start_flink_job(self, restore: bool = False) -> FlinkJob:
         c = self.config
         argv = [FLINK_JOB_BINARY, "--bootstrap", self.bootstrap, "--state-dir", str(self.flink_state_dir),
-                "--startup-mode", "earliest-offset", "--group-id", f"behaviour-{self.run_id}",
+                "--startup-mode", c.startup_mode, "--group-id", f"behaviour-{self.run_id}",
                 "--transactional-id-prefix", f"behaviour-{self.run_id}",
                 "--checkpoint-interval-seconds", str(c.checkpoint_interval_seconds),
                 "--allowed-lateness-seconds", str(c.allowed_lateness_seconds),
@@ -284,9 +287,14 @@ class BehaviourPipeline(StreamingPipeline):
 
     def gateway_metric(self, name: str) -> float:
         """Sum of one Prometheus series family of the gateway (all label sets)."""
-        with urllib.request.urlopen(f"{self.gateway_url}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+        return prometheus_sum(f"{self.gateway_url}/metrics", name)
+
+
+def prometheus_sum(metrics_url: str, name: str) -> float:
+    """Sum of one Prometheus series family (all label sets) a /metrics endpoint serves."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 def emulation_summary(log_text: str) -> dict:

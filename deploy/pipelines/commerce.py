@@ -58,6 +58,9 @@ class CommercePipelineConfig:
     seed: int = 7
     dag_timeout_seconds: float = 900.0
     progress_seconds: float = 15.0
+    # More environment of the DAG's run (e.g. a running Superset's address and login: the publish
+    # step refreshes its dashboards).
+    extra_airflow_env: Optional[Dict[str, str]] = None
 
 
 @dataclasses.dataclass
@@ -97,16 +100,24 @@ class CommercePipeline(Pipeline):
         self._spark_launched = 0.0
         self._spark_timeout = 300.0
         self._airflow_migrate: Optional[subprocess.Popen] = None
+        self._attached: Optional[Dict[str, str]] = None
 
     # --- addresses ------------------------------------------------------------------------
 
     @property
     def webhdfs_url(self) -> str:
-        return self.hdfs.webhdfs_url
+        return self._attached["webhdfs_url"] if self._attached else self.hdfs.webhdfs_url
 
     @property
     def raw_root(self) -> str:
-        return self.hdfs.hdfs_url + RAW_ROOT
+        return (self._attached["hdfs_url"] if self._attached else self.hdfs.hdfs_url) + RAW_ROOT
+
+    def attach(self, webhdfs_url: str, hdfs_url: str, spark_remote: str) -> "CommercePipeline":
+        """Use a running HDFS and Spark Connect server (e.g. the local stack's) instead of starting
+        them: `start()` is not called, `stop()` leaves them alone."""
+        self._attached = {"webhdfs_url": webhdfs_url, "hdfs_url": hdfs_url}
+        self.spark_remote = spark_remote
+        return self
 
     @property
     def airflow_home(self) -> pathlib.Path:
@@ -205,7 +216,8 @@ class CommercePipeline(Pipeline):
             DP_AIRFLOW_HOME=self.airflow_home, DP_WEBHDFS_URL=self.webhdfs_url, DP_COMMERCE_RAW_ROOT=self.raw_root,
             DP_SPARK_REMOTE=self.spark_remote, DP_COMMERCE_POSTGRES_DSN=self.config.postgres_dsn,
             DP_COMMERCE_RETRY_DELAY_SECONDS=5, DP_COMMERCE_MAX_RETRY_DELAY_SECONDS=20,
-            DP_COMMERCE_SENSOR_POKE_SECONDS=5, DP_COMMERCE_SENSOR_TIMEOUT_SECONDS=300)
+            DP_COMMERCE_SENSOR_POKE_SECONDS=5, DP_COMMERCE_SENSOR_TIMEOUT_SECONDS=300,
+            **(self.config.extra_airflow_env or {}))
 
     def prepare_airflow(self) -> None:
         """Creates Airflow's metadata database in the background (a minute on a busy machine);

@@ -17,62 +17,26 @@ import time
 import psutil
 import pytest
 
-from deploy.common.process import free_ports, port_is_open
+from deploy.common.process import port_is_open
+from deploy.stack.testing import program, run, stack_environment
+from deploy.stack.testing import pids as service_pids
 
 SERVICES = ("kafka", "postgres", "connect", "register", "analytics", "aggregator", "ingest", "ws_gateway")
 DAEMONS = tuple(name for name in SERVICES if name != "register")
 COMMERCE = ("postgres", "hdfs", "spark", "superset", "airflow")
 ROW_NAMES = SERVICES + COMMERCE + ("flink",)
-PORT_VARIABLES = ("DP_KAFKA_PORT", "DP_KAFKA_CONTROLLER_PORT", "DP_POSTGRES_PORT", "DP_CONNECT_PORT", "DP_ANALYTICS_PORT",
-                  "DP_IOT_AGGREGATOR_HTTP_PORT", "DP_INGEST_PORT", "DP_INGEST_METRICS_PORT", "DP_WS_PORT",
-                  "DP_HDFS_NAMENODE_PORT", "DP_HDFS_NAMENODE_HTTP_PORT", "DP_SPARK_CONNECT_PORT", "DP_SUPERSET_PORT",
-                  "DP_AIRFLOW_PORT", "DP_FLINK_REST_PORT", "DP_FLINK_RPC_PORT")
-
-
-def program(name: str) -> str:
-    root = pathlib.Path(os.environ.get("TEST_SRCDIR", ".")) / "data_pipelines"
-    path = root / "deploy" / "stack" / name
-    assert path.exists(), path
-    return str(path)
 
 
 @pytest.fixture
 def stack_env(tmp_path):
-    ports = free_ports(len(PORT_VARIABLES))
-    env = dict(os.environ, DP_STATE_DIR=str(tmp_path / "state"), **{n: str(p) for n, p in zip(PORT_VARIABLES, ports)})
-    # A DataNode takes base, base+1 and base+2: a free block of three.
-    env["DP_HDFS_DATANODE_BASE_PORT"] = str(free_block(3))
-    for name in ("DP_AIRFLOW_ADMIN_PASSWORD", "DP_SUPERSET_ADMIN_PASSWORD", "DP_HDFS_DATANODES"):
-        env.pop(name, None)
-    env.pop("BUILD_WORKSPACE_DIRECTORY", None)
-    env.pop("DP_STACK_PROFILE", None)
-    env.pop("DP_STACK_SERVICES", None)
+    env = stack_environment(tmp_path / "state")
     yield env
     # Whatever happened, nothing may outlive the test.
     subprocess.run([program("down")], env=env, timeout=300)
 
 
-def run(env, name, *args, timeout=420):
-    began = time.monotonic()
-    result = subprocess.run([program(name), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, timeout=timeout)
-    seconds = time.monotonic() - began
-    print("$ %s %s  (exit %d, %.1f s)\n%s" % (name, " ".join(args), result.returncode, seconds, result.stdout))
-    return result.returncode, result.stdout, seconds
-
-
-def free_block(size: int) -> int:
-    """The first of `size` consecutive free loopback ports."""
-    for _ in range(50):
-        base = free_ports(1)[0]
-        if base + size < 65536 and not any(port_is_open("127.0.0.1", base + k) for k in range(1, size)):
-            return base
-    raise RuntimeError("no block of %d free ports" % size)
-
-
 def pids(state: pathlib.Path, names=DAEMONS) -> dict:
-    return {name: int((state / "run" / ("%s.pid" % name)).read_text()) for name in names
-            if (state / "run" / ("%s.pid" % name)).exists()}
+    return service_pids(state, names)
 
 
 def status_rows(output: str) -> dict:

@@ -208,6 +208,40 @@ def test_behaviour_page_draws_metrics_sessions_funnel_and_pages_and_updates_live
     assert_only_local_requests(page, service)
 
 
+# The x axis labels of each time chart with data, as Chart.js drew them.
+X_TICKS = """(() => {
+  const out = {};
+  for (const [id, chart] of Object.entries(window.dpDashboard.charts)) {
+    if (chart.config.type === "line" && chart.data.datasets.some((s) => s.data.length)) {
+      out[id] = chart.scales.x.ticks.map((t) => t.label);
+    }
+  }
+  return out;
+})()"""
+ONE_WINDOW_MINUTE = 24 * 60  # a day after the other tests' windows: alone in its range
+
+
+def test_a_single_window_gets_distinct_minute_ticks(stack, tmp_path):
+    """One window is one x value: the axis must still show a few distinct whole minutes around it."""
+    bootstrap, service, browser = stack
+    metrics = [testing.behaviour_metric(2, name, ONE_WINDOW_MINUTE, 1, closed=True) for name in testing.EVENT_TYPES]
+    before = service.metric("analytics_rows_inserted_total") + service.metric("analytics_dead_letters_total")
+    produce(bootstrap, metrics, topic=topics.BEHAVIOUR_METRICS)
+    service.wait_for(stored(service, before + len(metrics)), what="one window of behaviour metrics stored")
+    start = testing.BASE_SECONDS + 60 * ONE_WINDOW_MINUTE
+    page = browser.page()
+    page.navigate(service.base + "/dashboards/behaviour?from=%s&to=%s&refresh=1"
+                  % (testing.iso(start - 600), testing.iso(start + 600)))
+    wait_state(page, "s.charts['events-by-type'].points === %d" % len(metrics), "the single window drawn")
+    ticks = page.evaluate(X_TICKS)
+    page.screenshot(outputs_dir(tmp_path) / "behaviour-single-window.png")
+    minute = testing.iso(start)[11:16]
+    assert "events-by-type" in ticks, ticks
+    for chart, labels in ticks.items():
+        assert len(labels) == len(set(labels)), (chart, labels)
+        assert 2 <= len(labels) <= 9 and minute in labels, (chart, labels)
+
+
 def test_index_links_both_pages(stack, tmp_path):
     _, service, browser = stack
     page = browser.page()

@@ -56,19 +56,45 @@
     return PALETTE[index % PALETTE.length];
   }
 
+  const MINUTE = 60000;
+  const DAY = 1440 * MINUTE;
+
   function clock(ms) {
     return new Date(ms).toISOString().slice(11, 16);
   }
 
-  // Ticks on whole minutes (1, 2, 5, 10, 15, 30, 60, ... apart), at most about eight.
+  // A tick's label: UTC hh:mm; the date too when the axis spans more than a day (else the same
+  // hh:mm would repeat on each day), only the date when the ticks are whole days apart.
+  function tickLabel(axis, ms) {
+    if (axis.max - axis.min <= DAY) return clock(ms);
+    const iso = new Date(ms).toISOString();
+    return (axis.ticks.length > 1 && axis.ticks[1].value - axis.ticks[0].value >= DAY)
+      ? iso.slice(5, 10) : iso.slice(5, 10) + " " + iso.slice(11, 16);
+  }
+
+  // Data closer together than two minutes (one window: a single x value) gives Chart.js a range
+  // of a few milliseconds or years around it; show two minutes around the data instead.
+  function widenToMinutes(axis) {
+    const data = axis.getMinMax(false);
+    if (!Number.isFinite(data.min) || !Number.isFinite(data.max) || data.max - data.min >= 2 * MINUTE) return;
+    const middle = (data.min + data.max) / 2;
+    axis.min = Math.min(data.min, middle - MINUTE);
+    axis.max = Math.max(data.max, middle + MINUTE);
+  }
+
+  // Ticks on whole minutes (1, 2, 5, 10, 15, 30, 60, ... apart, whole days beyond), at most about
+  // eight, always at least one: Chart.js's own ticks (milliseconds apart) are never kept.
   function minuteTicks(axis) {
-    const steps = [1, 2, 5, 10, 15, 30, 60, 120, 360, 720, 1440].map((m) => m * 60000);
+    const steps = [1, 2, 5, 10, 15, 30, 60, 120, 360, 720, 1440].map((m) => m * MINUTE);
     const span = axis.max - axis.min;
-    if (!(span > 0)) return;
-    const step = steps.find((s) => span / s <= 8) || steps[steps.length - 1];
+    let step = steps.find((s) => span / s <= 8);
+    if (step === undefined) step = Math.ceil(span / 8 / DAY) * DAY;
     const ticks = [];
-    for (let value = Math.ceil(axis.min / step) * step; value <= axis.max; value += step) ticks.push({ value: value });
-    if (ticks.length) axis.ticks = ticks;
+    if (span > 0) {
+      for (let value = Math.ceil(axis.min / step) * step; value <= axis.max; value += step) ticks.push({ value: value });
+    }
+    if (!ticks.length) ticks.push({ value: axis.min });
+    axis.ticks = ticks;
   }
 
   // A line chart over time: x = epoch milliseconds (shown as UTC hh:mm), one dataset per series.
@@ -84,7 +110,8 @@
         interaction: { mode: "nearest", intersect: false },
         elements: { point: { radius: 2 }, line: { borderWidth: 1.5 } },
         scales: {
-          x: { type: "linear", afterBuildTicks: minuteTicks, ticks: { callback: (value) => clock(value) },
+          x: { type: "linear", afterDataLimits: widenToMinutes, afterBuildTicks: minuteTicks,
+               ticks: { callback: function (value) { return tickLabel(this, value); } },
                title: { display: true, text: "window start (UTC)" } },
           y: { title: { display: true, text: yTitle } },
         },
