@@ -29,6 +29,28 @@ def test_environment_and_local_default(monkeypatch):
     cfg = config.parse_config([])
     assert (cfg.day, cfg.raw_root, cfg.postgres_dsn) == (datetime.date(2026, 1, 2), "file:///data/raw", DSN)
     assert cfg.spark_master == "local[2]"
+    assert cfg.parse_whole_stage_codegen is False
+
+
+def test_under_spark_submit_the_submitted_master_stands(monkeypatch):
+    monkeypatch.delenv("DP_SPARK_MASTER", raising=False)
+    monkeypatch.delenv("DP_SPARK_REMOTE", raising=False)
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "40123")
+    base = ["--day", "2026-11-20", "--postgres-dsn", DSN]
+    cfg = config.parse_config(base)
+    assert (cfg.spark_master, cfg.spark_remote, cfg.spark_target) == (None, None, "spark-submit")
+    assert config.parse_config(base + ["--spark-master", "local[1]"]).spark_master == "local[1]"
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT")
+    assert config.parse_config(base).spark_master == "local[2]"
+
+
+def test_parse_codegen_from_flag_and_environment(monkeypatch):
+    monkeypatch.delenv("DP_COMMERCE_PARSE_WHOLE_STAGE_CODEGEN", raising=False)
+    base = ["--day", "2026-11-20", "--postgres-dsn", DSN]
+    assert config.parse_config(base + ["--parse-whole-stage-codegen"]).parse_whole_stage_codegen is True
+    monkeypatch.setenv("DP_COMMERCE_PARSE_WHOLE_STAGE_CODEGEN", "1")
+    assert config.parse_config(base).parse_whole_stage_codegen is True
+    assert config.parse_config(base + ["--no-parse-whole-stage-codegen"]).parse_whole_stage_codegen is False
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -8,6 +8,7 @@ row; a failure anywhere rolls all of it back.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -78,6 +79,10 @@ def spark_session(config: JobConfig) -> SparkSession:
             raise SourceError("no Spark Connect server at %s (%s); start one: bazel run "
                               "//deploy/spark:connect_server" % (config.spark_remote, err)) from None
         session = SparkSession.builder.remote(config.spark_remote).getOrCreate()
+    elif config.spark_master is None:
+        # Started by spark-submit: its master, memory and executors stand (a builder setting here
+        # would override them).
+        session = SparkSession.builder.appName("commerce-marts").getOrCreate()
     else:
         session = (SparkSession.builder.master(config.spark_master).appName("commerce-marts")
                    .config("spark.driver.memory", config.driver_memory)
@@ -89,6 +94,18 @@ def spark_session(config: JobConfig) -> SparkSession:
     # Runtime settings, allowed over Spark Connect too.
     session.conf.set("spark.sql.session.timeZone", "UTC")
     return session
+
+
+@contextlib.contextmanager
+def whole_stage_codegen(spark: SparkSession, enabled: bool):
+    """Whole-stage code generation on or off for the queries run inside; restored after."""
+    key = "spark.sql.codegen.wholeStage"
+    before = spark.conf.get(key, "true")
+    spark.conf.set(key, "true" if enabled else "false")
+    try:
+        yield
+    finally:
+        spark.conf.set(key, before)
 
 
 def read_raw_lines(spark: SparkSession, partition_path: str, require_success: bool = True) -> DataFrame:

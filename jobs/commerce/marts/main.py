@@ -44,13 +44,17 @@ def run(cfg: job_config.JobConfig, run_record: io.RunRecord, require_success: bo
     try:
         _progress("event=reading partition=%s spark=%s", cfg.partition_path, cfg.spark_target)
         lines = io.read_raw_lines(spark, cfg.partition_path, require_success)
-        events, rejects = transform.parse_events(lines, cfg.day)
-        events = events.persist()
-        rejects = rejects.persist()
+        # Every line is parsed and checked once: the checked lines (narrow typed columns, raw text
+        # of rejected lines only) are kept by Spark, and events and rejects are read from there.
+        checked = transform.validate_lines(lines, cfg.day).persist()
         try:
-            valid_events = events.count()
-            reject_rows = io.collect_rows(rejects, transform.REJECT_COLUMNS)
-            _progress("event=parsed valid_events=%d rejected_lines=%d", valid_events, len(reject_rows))
+            with io.whole_stage_codegen(spark, cfg.parse_whole_stage_codegen):
+                line_count = checked.count()
+            events = transform.valid_events(checked)
+            reject_rows = io.collect_rows(transform.rejected_lines(checked), transform.REJECT_COLUMNS)
+            valid_events = line_count - len(reject_rows)
+            _progress("event=parsed lines=%d valid_events=%d rejected_lines=%d", line_count, valid_events,
+                      len(reject_rows))
 
             history_rows = io.read_customer_history(cfg.postgres_dsn, cfg.day)
             history = spark.createDataFrame(history_rows, transform.CUSTOMER_HISTORY_SCHEMA)
@@ -68,8 +72,7 @@ def run(cfg: job_config.JobConfig, run_record: io.RunRecord, require_success: bo
                 for name, rows in pool.map(collect, list(marts)):
                     tables[name] = rows
         finally:
-            events.unpersist()
-            rejects.unpersist()
+            checked.unpersist()
         tables["rejected_line"] = [(cfg.day,) + row for row in reject_rows]
 
         revenue = tables["daily_category_revenue"]

@@ -208,6 +208,28 @@ def _typed_lines(lines: Column) -> Column:
 def parse_events(lines: DataFrame, day: datetime.date) -> Tuple[DataFrame, DataFrame]:
     """Raw lines (source_file, line_number, value) -> (valid events, rejected lines).
 
+    Both are views of one `validate_lines` frame; the job persists that frame once and splits
+    it (`valid_events`, `rejected_lines`), so every raw line is parsed once per run.
+    """
+    checked = validate_lines(lines, day)
+    return valid_events(checked), rejected_lines(checked)
+
+
+def valid_events(checked: DataFrame) -> DataFrame:
+    """The lines of `validate_lines` that passed, as EVENT_SCHEMA rows."""
+    return checked.where(F.col("reason").isNull()).select(*EVENT_SCHEMA.fieldNames())
+
+
+def rejected_lines(checked: DataFrame) -> DataFrame:
+    """The lines of `validate_lines` that failed, as REJECT_COLUMNS rows."""
+    return checked.where(F.col("reason").isNotNull()).select(*REJECT_COLUMNS)
+
+
+def validate_lines(lines: DataFrame, day: datetime.date) -> DataFrame:
+    """Every raw line (source_file, line_number, value) checked against the contract: one row per
+    line with `reason`/`detail` (NULL for a valid line), the raw text of a rejected line
+    (`raw_line`, `raw_line_truncated`) and the typed event columns of a valid one (EVENT_SCHEMA).
+
     Every line ends in exactly one of the two. Reasons, checked in this order: not_utf8,
     empty_line, truncated_json, malformed_json, type_mismatch, unknown_event_type,
     missing_payload, multiple_payloads, missing_field, invalid_timestamp, outside_partition,
@@ -288,13 +310,7 @@ def parse_events(lines: DataFrame, day: datetime.date) -> Tuple[DataFrame, DataF
         F.when(F.col("reason") == "duplicate_event_id", F.concat(F.lit("eventId="), F.col("e")["eventId"]))
         .otherwise(F.col("detail")))
 
-    rejects = checked.where(F.col("reason").isNotNull()).select(
-        "source_file", "line_number", "reason", "detail",
-        F.substring(F.make_valid_utf8("value"), 1, RAW_LINE_LIMIT).alias("raw_line"),
-        (F.length(F.make_valid_utf8("value")) > RAW_LINE_LIMIT).alias("raw_line_truncated"),
-    )
-
-    valid = checked.where(F.col("reason").isNull())
+    rejected = F.col("reason").isNotNull()
     event_type = reduce(
         lambda acc, item: acc.when(e[item[0]].isNotNull(), F.lit(item[1][0])),
         list(contract.PAYLOADS.items())[1:],
@@ -304,25 +320,34 @@ def parse_events(lines: DataFrame, day: datetime.date) -> Tuple[DataFrame, DataF
     money = F.coalesce(e["orderPlaced"]["total"], e["refund"]["amount"], e["payment"]["amount"],
                        e["productView"]["price"], e["addToCart"]["unitPrice"], e["removeFromCart"]["unitPrice"],
                        e["checkoutStarted"]["cartTotal"])
-    events = valid.select(
+
+    def if_valid(column: Column) -> Column:
+        return F.when(~rejected, column)
+
+    # Only narrow columns leave this function (never the raw text of a valid line, nor the
+    # parsed struct): this is the frame the job keeps in memory.
+    return checked.select(
         "source_file",
         "line_number",
-        e["eventId"].alias("event_id"),
-        "event_time",
-        F.coalesce(e["userId"], F.lit("")).alias("user_id"),
-        e["anonymousId"].alias("anonymous_id"),
-        event_type.alias("event_type"),
-        product["productId"].alias("product_id"),
-        F.coalesce(product["productName"], F.lit("")).alias("product_name"),
-        F.coalesce(product["category"], F.lit("")).alias("category"),
-        F.coalesce(e["orderPlaced"]["orderId"], e["refund"]["orderId"], e["payment"]["orderId"]).alias("order_id"),
-        e["refund"]["refundId"].alias("refund_id"),
-        F.when(money.isNotNull(), _money_amount(money)).alias("amount"),
-        money["currencyCode"].alias("currency"),
-        F.when(e["orderPlaced"].isNotNull(), _typed_lines(e["orderPlaced"]["lines"]))
-        .when(e["refund"].isNotNull(), _typed_lines(e["refund"]["lines"])).alias("lines"),
+        "reason",
+        "detail",
+        F.when(rejected, F.substring(F.make_valid_utf8("value"), 1, RAW_LINE_LIMIT)).alias("raw_line"),
+        F.when(rejected, F.length(F.make_valid_utf8("value")) > RAW_LINE_LIMIT).alias("raw_line_truncated"),
+        if_valid(e["eventId"]).alias("event_id"),
+        if_valid(F.col("event_time")).alias("event_time"),
+        if_valid(F.coalesce(e["userId"], F.lit(""))).alias("user_id"),
+        if_valid(e["anonymousId"]).alias("anonymous_id"),
+        if_valid(event_type).alias("event_type"),
+        if_valid(product["productId"]).alias("product_id"),
+        if_valid(F.coalesce(product["productName"], F.lit(""))).alias("product_name"),
+        if_valid(F.coalesce(product["category"], F.lit(""))).alias("category"),
+        if_valid(F.coalesce(e["orderPlaced"]["orderId"], e["refund"]["orderId"], e["payment"]["orderId"])).alias("order_id"),
+        if_valid(e["refund"]["refundId"]).alias("refund_id"),
+        if_valid(F.when(money.isNotNull(), _money_amount(money))).alias("amount"),
+        if_valid(money["currencyCode"]).alias("currency"),
+        if_valid(F.when(e["orderPlaced"].isNotNull(), _typed_lines(e["orderPlaced"]["lines"]))
+                 .when(e["refund"].isNotNull(), _typed_lines(e["refund"]["lines"]))).alias("lines"),
     )
-    return events, rejects
 
 
 # --- sessions and funnel -------------------------------------------------------------------------

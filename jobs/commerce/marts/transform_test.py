@@ -109,6 +109,13 @@ def test_parse_events_sorts_every_line_into_events_or_rejects(spark):
 
     events, rejects = transform.parse_events(lines, DAY)
 
+    # One checked row per line; the raw text is kept for rejected lines only, event columns for
+    # valid ones only.
+    checked = transform.validate_lines(lines, DAY)
+    assert checked.count() == len(data)
+    assert checked.where(F.col("reason").isNull() & F.col("raw_line").isNotNull()).count() == 0
+    assert checked.where(F.col("reason").isNotNull() & F.col("event_id").isNotNull()).count() == 0
+
     rejected = rows(rejects, "line_number", "reason", "detail", "raw_line")
     assert [r[:3] for r in rejected] == [
         (3, "negative_amount", "productView.price"),
