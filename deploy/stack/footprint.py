@@ -1,4 +1,5 @@
-"""Memory footprint of a set of process trees, sampled: the figure `status` totals and the demo's peak.
+"""Footprint of process trees: RSS sampled (the figure `status` totals and the demo's peak) and
+CPU seconds (the benchmarks).
 
 RSS is summed over every process of each tree (launchers, JVMs, postmasters and their backends);
 pages shared between processes count once per process, so the sum is an upper bound.
@@ -32,6 +33,25 @@ def rss(processes: Iterable[psutil.Process]) -> int:
             total += proc.memory_info().rss
         except psutil.Error:
             pass
+    return total
+
+
+def cpu_seconds(pid: Optional[int]) -> float:
+    """User + system CPU seconds of a process and its live descendants (children already reaped
+    count in their parent); 0 when there is no such process."""
+    if pid is None:
+        return 0.0
+    try:
+        processes = tree(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in processes:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
     return total
 
 

@@ -56,6 +56,7 @@ from datapipelines.iot.v1 import reading_aggregate_pb2
 from deploy.connect import connectors, register
 from deploy.connect.worker import http_json
 from deploy.pipelines.iot import IotPipeline, IotPipelineConfig
+from deploy.stack.footprint import cpu_seconds
 from services.iot_simulator.config import SimulatorConfig
 from services.iot_simulator.model import Fleet, Insert
 from services.iot_simulator.writer import ReadingsWriter
@@ -83,25 +84,6 @@ COMPONENTS = ("postgres", "connect", "kafka", "aggregator", "analytics", "bench"
 # --- measuring ------------------------------------------------------------------------------
 
 
-def tree_cpu_seconds(pid: Optional[int]) -> float:
-    """User + system CPU of a process and its descendants; reaped children count in their parent."""
-    if pid is None:
-        return 0.0
-    try:
-        root = psutil.Process(pid)
-        processes = [root] + root.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for process in processes:
-        try:
-            t = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += t.user + t.system + t.children_user + t.children_system
-    return total
-
-
 class CpuMeter:
     """CPU seconds of every component; `snapshot()` now, `since(earlier)` the difference."""
 
@@ -112,11 +94,11 @@ class CpuMeter:
         p = self.pipeline
         own = psutil.Process().cpu_times()  # this process only: its children are the pipeline
         return {
-            "postgres": tree_cpu_seconds(p.postgres.pid),
-            "connect": tree_cpu_seconds(p.connect.pid),
-            "kafka": tree_cpu_seconds(p.broker.pid),
-            "aggregator": tree_cpu_seconds(p.aggregator.pid if p.aggregator else None),
-            "analytics": tree_cpu_seconds(p.analytics.pid if p.analytics else None),
+            "postgres": cpu_seconds(p.postgres.pid),
+            "connect": cpu_seconds(p.connect.pid),
+            "kafka": cpu_seconds(p.broker.pid),
+            "aggregator": cpu_seconds(p.aggregator.pid if p.aggregator else None),
+            "analytics": cpu_seconds(p.analytics.pid if p.analytics else None),
             "bench": own.user + own.system,
         }
 

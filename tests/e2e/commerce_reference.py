@@ -40,7 +40,31 @@ UTC = datetime.timezone.utc
 # (deploy/postgres/migrations/0002_commerce_marts.sql), generated columns left out.
 TABLES = ("daily_category_revenue", "daily_funnel_step", "daily_top_product", "cohort_retention", "customer_rfm",
           "session_summary", "daily_customer_type", "customer_daily_order", "rejected_line")
+# Their columns in that order (commerce_test checks them against the migrated database).
+COLUMNS = {
+    "daily_category_revenue": ("event_date", "category", "order_count", "units_sold", "gross_revenue_amount_minor",
+                               "gross_revenue_currency_code", "refunded_amount_minor", "refunded_currency_code",
+                               "net_revenue_amount_minor", "net_revenue_currency_code"),
+    "daily_funnel_step": ("event_date", "stage", "stage_number", "session_count", "visitor_count",
+                          "conversion_rate_from_previous"),
+    "daily_top_product": ("event_date", "rank", "product_id", "product_name", "category", "units_sold",
+                          "revenue_amount_minor", "revenue_currency_code", "view_count"),
+    "cohort_retention": ("cohort_period", "cohort_start_date", "period_offset", "cohort_size", "retained_count",
+                         "retention_rate", "activity_period_start_date"),
+    "customer_rfm": ("as_of_date", "user_id", "recency_days", "order_count", "monetary_amount_minor",
+                     "monetary_currency_code", "recency_score", "frequency_score", "monetary_score", "segment"),
+    "session_summary": ("session_id", "event_date", "user_id", "anonymous_id", "session_start_time",
+                        "session_end_time", "event_count", "page_view_count", "product_view_count", "funnel_stage",
+                        "converted", "order_total_amount_minor", "order_total_currency_code"),
+    "daily_customer_type": ("event_date", "customer_type", "currency_code", "customer_count", "order_count",
+                            "gross_revenue_amount_minor"),
+    "customer_daily_order": ("order_date", "user_id", "currency_code", "order_count", "gross_amount_minor",
+                             "refunded_amount_minor"),
+    "rejected_line": ("event_date", "source_file", "line_number", "reason", "detail", "raw_line",
+                      "raw_line_truncated"),
+}
 FLOAT_COLUMNS = {"daily_funnel_step": "conversion_rate_from_previous", "cohort_retention": "retention_rate"}
+FLOAT_TOLERANCE = 1e-12  # absolute, on the two float columns only
 
 STAGES = ("FUNNEL_STAGE_VISIT", "FUNNEL_STAGE_PRODUCT_VIEW", "FUNNEL_STAGE_CART", "FUNNEL_STAGE_CHECKOUT",
           "FUNNEL_STAGE_PURCHASE")
@@ -619,7 +643,7 @@ def day_marts(events: Sequence[dict], history: Sequence[tuple], day: datetime.da
 
 # --- what the runs leave in schema mart ------------------------------------------------------------
 
-def _belongs_to_run(table: str, row: tuple, day: datetime.date) -> bool:
+def belongs_to_run(table: str, row: tuple, day: datetime.date) -> bool:
     """Is `row` one of the rows a run of `day` replaces (migration 0002, per table)?"""
     if table == "cohort_retention":
         period, activity = row[0], row[6]
@@ -644,7 +668,7 @@ class MartState:
         marts = day_marts(events, history, day, self.top_limit)
         marts["rejected_line"] = rejected
         for table, rows in marts.items():
-            kept = [r for r in self.tables[table] if not _belongs_to_run(table, r, day)]
+            kept = [r for r in self.tables[table] if not belongs_to_run(table, r, day)]
             self.tables[table] = kept + list(rows)
         reasons = collections.Counter(r[3] for r in rejected)
         self.last_run[day] = {"raw_lines": len(events) + len(rejected), "valid_events": len(events),
@@ -653,3 +677,27 @@ class MartState:
 
     def rows(self, table: str) -> List[tuple]:
         return sorted(self.tables[table], key=repr)
+
+
+def differences(table: str, got: Sequence[tuple], want: Sequence[tuple],
+                tolerance: float = FLOAT_TOLERANCE) -> List[str]:
+    """What differs between two row sets of one table (rows in COLUMNS order): rows only in
+    `got`, rows only in `want`, float cells further apart than `tolerance`, repeated rows. Every
+    other column must be equal exactly."""
+    float_at = COLUMNS[table].index(FLOAT_COLUMNS[table]) if table in FLOAT_COLUMNS else None
+
+    def key(row):
+        return tuple(v for i, v in enumerate(row) if i != float_at)
+
+    got_by_key = {key(r): r for r in got}
+    want_by_key = {key(r): r for r in want}
+    problems = ["%s: repeated rows" % table] if len(got_by_key) != len(got) or len(want_by_key) != len(want) else []
+    problems += ["only in the result: %r" % (got_by_key[k],) for k in sorted(set(got_by_key) - set(want_by_key), key=repr)]
+    problems += ["only in the expected: %r" % (want_by_key[k],)
+                 for k in sorted(set(want_by_key) - set(got_by_key), key=repr)]
+    if float_at is not None:
+        problems += ["%s differs: result %r, expected %r" % (table, got_by_key[k], want_by_key[k])
+                     for k in sorted(set(got_by_key) & set(want_by_key), key=repr)
+                     if not math.isclose(got_by_key[k][float_at], want_by_key[k][float_at],
+                                         rel_tol=0, abs_tol=tolerance)]
+    return problems

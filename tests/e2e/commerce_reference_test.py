@@ -254,3 +254,15 @@ def test_state_replaces_a_day_and_keeps_the_others():
     assert again["daily_funnel_step"] == first["daily_funnel_step"]
     assert [r for r in state.rows("cohort_retention") if r[0] == "COHORT_PERIOD_WEEK"] == [
         ("COHORT_PERIOD_WEEK", d(16), 0, 2, 2, 1.0, d(16))]
+
+
+def test_differences_finds_missing_extra_repeated_rows_and_floats_beyond_the_tolerance():
+    want = [(DAY, "FUNNEL_STAGE_VISIT", 1, 10, 9, 1.0), (DAY, "FUNNEL_STAGE_PRODUCT_VIEW", 2, 5, 5, 0.5)]
+    assert ref.differences("daily_funnel_step", [want[1], (*want[0][:5], 1.0 + 1e-15)], want) == []
+    assert ref.differences("daily_funnel_step", want[:1], want) == ["only in the expected: %r" % (want[1],)]
+    moved = (*want[1][:5], 0.5 + 1e-9)
+    assert ref.differences("daily_funnel_step", [want[0], moved], want) == [
+        "daily_funnel_step differs: result %r, expected %r" % (moved, want[1])]
+    assert ref.differences("daily_funnel_step", want + want[:1], want)[0] == "daily_funnel_step: repeated rows"
+    extra = (DAY, "u1", "EUR", 1, 100, 0)
+    assert ref.differences("customer_daily_order", [extra], []) == ["only in the result: %r" % (extra,)]
