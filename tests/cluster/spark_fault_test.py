@@ -2,14 +2,14 @@
 (master + 2 workers) over HDFS with 3 DataNodes loses a worker (SIGKILL) in the middle of its run.
 
 What must hold: the job still finishes (exit 0, run SUCCEEDED), and every row of every mart table
-of the day in PostgreSQL equals the rows a run of the same day without the fault wrote. The kill
+in PostgreSQL equals the independent recomputation of the day from the same part files
+(tests/e2e/commerce_reference.py: standard-library Python, never the job's code). The kill
 comes after the job has parsed and cached the day's events on the executors (its `event=parsed`
 progress line) and while worker-1 runs one of its executors, so Spark must recompute the lost
 cached partitions and rerun the lost tasks on what is left; the launcher restarts the worker.
 """
 
 import datetime
-import math
 import os
 import re
 import signal
@@ -19,6 +19,8 @@ import psycopg
 
 from deploy.common.process import tail
 from deploy.common.service import runfile
+from deploy.hdfs.webhdfs import WebHdfsClient
+from tests.e2e import commerce_reference as reference
 from tests.cluster.spark_cluster import standalone_cluster
 from tests.fixtures.hdfs_cluster import hdfs_cluster_factory  # noqa: F401 (a fixture)
 from tests.fixtures.postgres_server import postgres_server  # noqa: F401 (a fixture)
@@ -29,9 +31,6 @@ DAY = datetime.date(2026, 2, 1)
 SHOP = ["--users", "300", "--products", "60", "--events-per-day", "4000", "--part-lines", "400"]
 JOB_TIMEOUT = 600
 WORKER_MEMORY, EXECUTOR_MEMORY = "768m", "512m"
-# Bookkeeping of runs (ids, times) differs by design; every other table of the schema is a mart.
-RUN_TABLES = {"job_run", "published_day"}
-FLOAT_DIGITS = 12
 LOST_EXECUTOR = re.compile(r"(?i)lost executor|executorlostfailure|executor \S+ (?:removed|lost)")
 
 
@@ -43,25 +42,11 @@ def clean_env(**extra):
     return env
 
 
-def mart_tables(dsn):
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'mart' "
-                            "AND table_type = 'BASE TABLE' ORDER BY table_name").fetchall()
-    return [name for (name,) in rows if name not in RUN_TABLES]
-
-
-def _cell(value):
-    return round(value, FLOAT_DIGITS) if isinstance(value, float) and math.isfinite(value) else value
-
-
 def mart_rows(dsn):
-    """{table: sorted rows} of every mart table (the database holds only this test's day)."""
-    rows = {}
+    """{table: rows} of every mart table, in the reference's column order."""
     with psycopg.connect(dsn) as conn:
-        for table in mart_tables(dsn):
-            found = conn.execute("SELECT * FROM mart.%s" % table).fetchall()
-            rows[table] = sorted((tuple(_cell(v) for v in row) for row in found), key=repr)
-    return rows
+        return {table: conn.execute("SELECT %s FROM mart.%s" % (", ".join(reference.COLUMNS[table]), table)).fetchall()
+                for table in reference.TABLES}
 
 
 def start_job(spark, hdfs, dsn, log_path):
@@ -96,14 +81,13 @@ def test_the_marts_job_survives_a_worker_sigkill(tmp_path, hdfs_cluster_factory,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, env=clean_env())
     assert generated.returncode == 0, generated.stdout[-5000:]
 
-    with standalone_cluster(tmp_path, workers=2, worker_memory=WORKER_MEMORY) as spark:
-        # 1. The day without a fault: the marts to compare with.
-        clean_log = tmp_path / "job-clean.log"
-        finish(start_job(spark, hdfs, dsn, clean_log), clean_log)
-        expected = mart_rows(dsn)
-        assert expected["session_summary"] and expected["daily_category_revenue"], {t: len(r) for t, r in expected.items()}
+    # The recomputation of the day from the part files as they are in HDFS.
+    expected = reference.MartState()
+    counts = expected.run_day(DAY, reference.read_partition(WebHdfsClient(hdfs.webhdfs_url), RAW, DAY, hdfs.hdfs_url))
+    assert counts["valid_events"] > 0 and counts["rejected_lines"] > 0, counts
 
-        # 2. The same day again (the job replaces a day's rows), worker-1 SIGKILLed mid-run.
+    with standalone_cluster(tmp_path, workers=2, worker_memory=WORKER_MEMORY) as spark:
+        # The day's run with worker-1 SIGKILLed mid-run.
         fault_log = tmp_path / "job-fault.log"
         job = start_job(spark, hdfs, dsn, fault_log)
         worker_ids = {w["id"] for w in spark.status()["workers"]}
@@ -129,15 +113,12 @@ def test_the_marts_job_survives_a_worker_sigkill(tmp_path, hdfs_cluster_factory,
         # The driver saw the dead worker's executor go: Spark's recovery, not luck, carried the job.
         after_kill = fault_log.read_text(errors="replace").split("event=parsed", 1)[1]
         assert LOST_EXECUTOR.search(after_kill), tail(fault_log, 60)
-
-        got = mart_rows(dsn)
     assert spark.exit_code == 0, tail(spark.log, 40)
 
     runs = succeeded_runs(dsn)
-    assert len(runs) == 2 and runs[0] == runs[1], runs
-    assert set(got) == set(expected)
-    differences = {table: {"only after the fault": [r for r in got[table] if r not in expected[table]][:5],
-                           "only without it": [r for r in expected[table] if r not in got[table]][:5],
-                           "rows": (len(got[table]), len(expected[table]))}
-                   for table in expected if got[table] != expected[table]}
-    assert not differences, "mart rows differ after the worker kill: %s" % differences
+    assert runs == [(counts["raw_lines"], counts["valid_events"], counts["rejected_lines"])], runs
+    got = mart_rows(dsn)
+    problems = {table: found[:10] for table in reference.TABLES
+                for found in [reference.differences(table, got[table], expected.rows(table))] if found}
+    assert not problems, "mart rows after the worker kill differ from the recomputation: %s" % problems
+    assert all(got[table] for table in reference.TABLES), {t: len(r) for t, r in got.items()}
