@@ -217,11 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="One day of N shop events through the real commerce marts job (HDFS -> Spark Connect -> "
                     "PostgreSQL), seconds per phase and events/s, next to DuckDB computing the same marts from "
                     "the same files in the same run (and every row of both compared).",
-        epilog="How long it takes here (2 cores shared with other work, load average 13-18, 2026-11-28): "
-               "1,000,000 events took 22 min in all (services 1.8 min, generate 2.3 min, the job 16 min, the "
-               "baseline 12 s); the job's time grows with the events, so the default 10,000,000 would take "
-               "about 2.5 h at that load (figures: jobs/commerce/marts/README.md, Performance). "
-               "Environment: DP_BENCH_EVENTS, DP_BENCH_USERS.",
+        epilog="How long it takes here (2 cores, otherwise idle, 2026-11-28): the default 10,000,000 events took "
+               "21 min in all (generation 4 min, the job 10 min, DuckDB 2.6 min); 1,000,000 about 5 min. Figures: "
+               "jobs/commerce/marts/README.md, Performance. Environment: DP_BENCH_EVENTS, DP_BENCH_USERS, "
+               "DP_BENCH_WARM_UP_EVENTS.",
     )
     parser.add_argument("--events", type=int, default=int(os.environ.get("DP_BENCH_EVENTS", 10_000_000)),
                         help="lines of the generated day [10000000, the issue's size]")

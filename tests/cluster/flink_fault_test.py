@@ -1,13 +1,16 @@
-"""The behaviour job on a Flink standalone cluster loses a TaskManager (SIGKILL) mid-stream.
+"""The behaviour job on a Flink standalone cluster loses a TaskManager, then a Kafka broker
+(SIGKILL each) mid-stream.
 
 The cluster (JobManager + 2 TaskManagers x 2 slots, deploy/flink) reads from and writes to a
 3-node Kafka cluster (deploy/kafka, replication factor 3). The job is the real one
 (//jobs/behaviour/metrics, submitted with --jobmanager), checkpointing every second with
 transactional (exactly-once) Kafka sinks. Once it has published its first windows, one
 TaskManager is SIGKILLed; the job restarts from its last checkpoint on the remaining slots (the
-launcher also brings the TaskManager back), and then every window and session must be published
-exactly once and equal the independent recomputation that the job's own integration test uses
-(the events and the comparison helpers are that test's, not copies).
+launcher also brings the TaskManager back). Once it runs again, the broker leading the partition
+its metrics sink writes first is SIGKILLed, and the rest of the events are produced to the two
+brokers left (min ISR 2). Then every window and session must be published exactly once and equal
+the independent recomputation that the job's own integration test uses (the events and the
+comparison helpers are that test's, not copies).
 
 Phase B of the integration test (events behind the watermark) is left out on purpose: Flink does
 not checkpoint watermarks, so right after a restore events that were late before the failure
@@ -66,6 +69,12 @@ def _submit(flink, bootstrap: str, tmp_path) -> str:
     return jobs[0]["jid"]
 
 
+def _leader(bootstrap: str, topic: str, partition: int) -> int:
+    """The node id leading `partition` of `topic` now."""
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=30)
+    return metadata.topics[topic].partitions[partition].leader
+
+
 def _job(flink, job_id: str) -> dict:
     return flink.rest("/jobs/%s" % job_id)
 
@@ -88,7 +97,8 @@ def _wait_outputs(outputs: Outputs, done, timeout: float, flink, job_id: str, wh
         timeout, what, len(outputs.metrics()), len(outputs.sessions()), flink.logs_tail()))
 
 
-def test_behaviour_job_survives_a_taskmanager_sigkill(kafka_cluster_factory, flink_cluster_factory, tmp_path):  # noqa: F811
+def test_behaviour_job_survives_a_taskmanager_and_a_broker_sigkill(kafka_cluster_factory, flink_cluster_factory,  # noqa: F811
+                                                                   tmp_path):
     kafka_cluster = kafka_cluster_factory(nodes=3)
     bootstrap = kafka_cluster.bootstrap
     _declare_topics(bootstrap)
@@ -118,6 +128,15 @@ def test_behaviour_job_survives_a_taskmanager_sigkill(kafka_cluster_factory, fli
         outputs.poll(1.0)
     assert flink.pids()["taskmanager-1"] != killed_pid  # the launcher restarted it
 
+    # A broker dies as well: the leader of the metrics topic's partition 0, where the job's
+    # transactional sink writes; its partitions and the transaction coordinators move to the others.
+    victim = _leader(bootstrap, topics.BEHAVIOUR_METRICS.name, 0)
+    assert kafka_cluster.kill(victim) == -9
+    deadline = time.monotonic() + 120
+    while _leader(bootstrap, topics.BEHAVIOUR_METRICS.name, 0) in (victim, -1):
+        assert time.monotonic() < deadline, "no new leader for the metrics partition within 120 s"
+        outputs.poll(1.0)
+
     produce(c)  # moves the watermark past every window and session of A
     expected_metrics = reference.metrics(a)
     expected_sessions = {s.session_id: s for s in reference.sessions(a)}
@@ -125,8 +144,9 @@ def test_behaviour_job_survives_a_taskmanager_sigkill(kafka_cluster_factory, fli
                   and len(outputs.metrics()) >= len(expected_metrics), 300, flink, job_id,
                   "every window and session of phase A")
     outputs.poll(3.0)  # duplicates would arrive now
-    print("published %d metric rows before the kill, %d in all; %d sessions; restarts=%d"
-          % (published_before_kill, len(outputs.metrics()), len(outputs.sessions()), _restarts(flink, job_id)))
+    print("published %d metric rows before the TaskManager kill, %d in all; %d sessions; restarts=%d; "
+          "broker %d killed" % (published_before_kill, len(outputs.metrics()), len(outputs.sessions()),
+                                _restarts(flink, job_id), victim))
 
     observed = collections.Counter(_metric_key(m) for _, _, m in outputs.metrics())
     assert [k for k, n in observed.items() if n > 1] == []
