@@ -69,6 +69,14 @@ def _submit(flink, bootstrap: str, tmp_path) -> str:
     return jobs[0]["jid"]
 
 
+def _busy_taskmanager(flink) -> str:
+    """A TaskManager that runs tasks of the job (the scheduler may put every task on one of the
+    two: killing the idle one would test nothing). Its resource id is the launcher's name for it."""
+    busy = sorted(tm["id"] for tm in flink.rest("/taskmanagers")["taskmanagers"] if tm["freeSlots"] < tm["slotsNumber"])
+    assert busy, flink.rest("/taskmanagers")
+    return busy[0]
+
+
 def _leader(bootstrap: str, topic: str, partition: int) -> int:
     """The node id leading `partition` of `topic` now."""
     metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=30)
@@ -118,7 +126,8 @@ def test_behaviour_job_survives_a_taskmanager_and_a_broker_sigkill(kafka_cluster
     # Mid-stream: the job has committed its first windows, more are to come.
     _wait_outputs(outputs, lambda: len(outputs.metrics()) > 0, 300, flink, job_id, "the first windows")
     published_before_kill = len(outputs.metrics())
-    killed_pid = flink.kill_taskmanager("taskmanager-1")
+    victim_tm = _busy_taskmanager(flink)
+    killed_pid = flink.kill_taskmanager(victim_tm)
 
     # The job fails over and runs again (on the other TaskManager's free slots or the new one).
     deadline = time.monotonic() + 240
@@ -126,7 +135,7 @@ def test_behaviour_job_survives_a_taskmanager_and_a_broker_sigkill(kafka_cluster
                and all(v["status"] == "RUNNING" for v in _job(flink, job_id)["vertices"])):
         assert time.monotonic() < deadline, "the job did not recover within 240 s:\n%s" % flink.logs_tail()
         outputs.poll(1.0)
-    assert flink.pids()["taskmanager-1"] != killed_pid  # the launcher restarted it
+    assert flink.pids()[victim_tm] != killed_pid  # the launcher restarted it
 
     # A broker dies as well: the leader of the metrics topic's partition 0, where the job's
     # transactional sink writes; its partitions and the transaction coordinators move to the others.
