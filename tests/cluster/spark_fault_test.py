@@ -1,12 +1,15 @@
 """The commerce marts job (jobs/commerce/marts, the real PySpark job) on a Spark standalone cluster
-(master + 2 workers) over HDFS with 3 DataNodes loses a worker (SIGKILL) in the middle of its run.
+(master + 2 workers) over HDFS with 3 DataNodes loses a DataNode as it starts reading the day, then
+a Spark worker in the middle of its run (SIGKILL each).
 
 What must hold: the job still finishes (exit 0, run SUCCEEDED), and every row of every mart table
 in PostgreSQL equals the independent recomputation of the day from the same part files
 (tests/e2e/commerce_reference.py: standard-library Python, never the job's code). The kill
-comes after the job has parsed and cached the day's events on the executors (its `event=parsed`
-progress line) and while worker-1 runs one of its executors, so Spark must recompute the lost
-cached partitions and rerun the lost tasks on what is left; the launcher restarts the worker.
+of the DataNode comes when the job logs `event=reading`: the part files (replication 3) are read
+from the two DataNodes left. The kill of the worker comes after the job has parsed and cached the
+day's events on the executors (its `event=parsed` progress line) and while worker-1 runs one of
+its executors, so Spark must recompute the lost cached partitions and rerun the lost tasks on what
+is left; the launcher restarts the worker.
 """
 
 import datetime
@@ -72,8 +75,9 @@ def succeeded_runs(dsn):
                             "WHERE event_date = %s AND status = 'SUCCEEDED' ORDER BY started_at", (DAY,)).fetchall()
 
 
-def test_the_marts_job_survives_a_worker_sigkill(tmp_path, hdfs_cluster_factory, postgres_server):  # noqa: F811
+def test_the_marts_job_survives_a_datanode_and_a_worker_sigkill(tmp_path, hdfs_cluster_factory, postgres_server):  # noqa: F811
     hdfs = hdfs_cluster_factory(datanodes=3)
+    assert hdfs.config.effective_replication == 3  # every block stays readable with one DataNode gone
     dsn = postgres_server.app_dsn
     generated = subprocess.run(
         [str(runfile("services/shop_simulator/shop_simulator")), "--start-date", DAY.isoformat(), "--days", "1",
@@ -91,6 +95,15 @@ def test_the_marts_job_survives_a_worker_sigkill(tmp_path, hdfs_cluster_factory,
         fault_log = tmp_path / "job-fault.log"
         job = start_job(spark, hdfs, dsn, fault_log)
         worker_ids = {w["id"] for w in spark.status()["workers"]}
+
+        def reading():
+            assert job.poll() is None, "the job ended before reading:\n%s" % tail(fault_log, 60)
+            return "event=reading" in fault_log.read_text(errors="replace")
+
+        spark.wait(reading, JOB_TIMEOUT, "the job to start reading the day")
+        datanode = hdfs.datanodes[2]
+        datanode.kill()
+        datanode.wait()
 
         def parsed_with_an_executor_on_worker_1():
             assert job.poll() is None, "the job ended before the kill:\n%s" % tail(fault_log, 60)
@@ -114,6 +127,7 @@ def test_the_marts_job_survives_a_worker_sigkill(tmp_path, hdfs_cluster_factory,
         after_kill = fault_log.read_text(errors="replace").split("event=parsed", 1)[1]
         assert LOST_EXECUTOR.search(after_kill), tail(fault_log, 60)
     assert spark.exit_code == 0, tail(spark.log, 40)
+    assert datanode.poll() is not None  # the job ran its whole day on two DataNodes
 
     runs = succeeded_runs(dsn)
     assert runs == [(counts["raw_lines"], counts["valid_events"], counts["rejected_lines"])], runs
