@@ -16,6 +16,9 @@ Environment (set per image in BUILD.bazel):
   IMAGE_RUN         JSON list of [argv, phrase]: further programs run inside the image as its
                     user, each must exit 0 and print the phrase (the engine's CLI, the job's --help)
 
+An image with Java (/usr/lib/jvm/*/bin/keytool) must also trust the image's CA certificates: its
+keytool lists them all in the default trust store, and its default TLS trust managers accept them.
+
 The app is started inside the unpacked root file system with chroot as the image's user, in its
 own mount and PID namespaces with a /proc (root is needed for chroot; without it,
 `unshare --map-root-user` gives a user namespace).
@@ -23,6 +26,7 @@ own mount and PID namespaces with a /proc (root is needed for chroot; without it
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
@@ -254,6 +258,90 @@ def test_image_python_runs_as_nonroot_and_imports_the_locked_packages(image, roo
     expected_uid = str(NONROOT) if os.geteuid() == 0 else "0"
     # the last line: chdb, for one, warns on stderr that the bare chroot has no cgroup files
     assert result.stdout.strip().splitlines()[-1].split() == [expected_uid, "True", "True"], result.stdout
+
+
+def _java_home(out: pathlib.Path):
+    """The JDK/JRE folder of the image (/usr/lib/jvm/<name>), or None for an image without Java."""
+    # Debian also installs a link to it (java-1.17.0-openjdk-amd64 -> java-17-openjdk-amd64)
+    homes = sorted(p.parent.parent for p in out.glob("usr/lib/jvm/*/bin/keytool") if not p.parent.parent.is_symlink())
+    assert len(homes) <= 1, "more than one Java in the image: %s" % homes
+    return "/" + str(homes[0].relative_to(out)) if homes else None
+
+
+def _ca_certificates(out: pathlib.Path):
+    """SHA-256 fingerprints (keytool's AA:BB:... form) of every certificate in the image's CA files."""
+    prints = []
+    for crt in sorted(out.glob("usr/share/ca-certificates/**/*.crt")):
+        for block in re.findall(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", crt.read_text(), re.S):
+            der = base64.b64decode("".join(block.split()))
+            prints.append(":".join("%02X" % b for b in hashlib.sha256(der).digest()))
+    return prints
+
+
+# keytool and the probe print dates and numbers in the default locale: pinned to English, UTC.
+JAVA_LOCALE = ["-Duser.language=en", "-Duser.country=US", "-Duser.timezone=UTC"]
+
+# The JVM's default trust managers, as every TLS connection of the engines gets them (no
+# javax.net.ssl.trustStore set: JAVA_HOME/lib/security/cacerts, Debian's link to
+# /etc/ssl/certs/java/cacerts).
+TRUST_PROBE = """
+import java.security.KeyStore;
+import javax.net.ssl.TrustManager;
+import javax.net.ssl.TrustManagerFactory;
+import javax.net.ssl.X509TrustManager;
+
+public class TrustProbe {
+    public static void main(String[] args) throws Exception {
+        TrustManagerFactory factory = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
+        factory.init((KeyStore) null);
+        for (TrustManager manager : factory.getTrustManagers()) {
+            if (manager instanceof X509TrustManager) {
+                System.out.println("trusted issuers: " + ((X509TrustManager) manager).getAcceptedIssuers().length);
+            }
+        }
+    }
+}
+"""
+
+
+def test_image_java_lists_every_ca_certificate_in_its_trust_store(image, rootfs):
+    """The JVM images' Java trust store (made by tools/oci/rootfs.py, as ca-certificates-java would)
+    holds exactly the image's CA certificates, read by the image's own keytool."""
+    out, _ = rootfs
+    java_home = _java_home(out)
+    if java_home is None:
+        pytest.skip("no Java in this image (no usr/lib/jvm/*/bin/keytool)")
+    expected = _ca_certificates(out)
+    assert expected, "the image has Java but no CA certificates under /usr/share/ca-certificates"
+    config = json.loads(json.dumps(image[3]))
+    config["config"]["Entrypoint"] = [java_home + "/bin/keytool", "-list", "-cacerts", "-storepass", "changeit"] + [
+        "-J" + option for option in JAVA_LOCALE]
+    result = _run_in_rootfs(out, config, [])
+    assert result.returncode == 0, result.stdout
+    assert "Your keystore contains %d entries" % len(expected) in result.stdout, result.stdout
+    listed = re.findall(r"^Certificate fingerprint \(SHA-256\): (\S+)", result.stdout, re.M)
+    assert sorted(listed) == sorted(expected)
+
+
+@pytest.mark.skipif(not shutil.which("javac"), reason="no javac on this machine to compile the trust probe (a JDK 17)")
+def test_image_java_default_tls_trust_managers_trust_the_ca_certificates(image, rootfs):
+    """What TLS from the engines uses: the default TrustManagerFactory of the image's Java, run as
+    the image's user, accepts as many issuers as the image has CA certificates."""
+    out, _ = rootfs
+    java_home = _java_home(out)
+    if java_home is None:
+        pytest.skip("no Java in this image (no usr/lib/jvm/*/bin/keytool)")
+    probe = out / "tmp" / "trust-probe"
+    probe.mkdir(mode=0o755, exist_ok=True)
+    (probe / "TrustProbe.java").write_text(TRUST_PROBE)
+    subprocess.run([shutil.which("javac"), "--release", "17", "-d", str(probe), str(probe / "TrustProbe.java")],
+                   check=True, timeout=300)
+    config = json.loads(json.dumps(image[3]))
+    config["config"]["Entrypoint"] = [java_home + "/bin/java"] + JAVA_LOCALE + ["-cp", "/tmp/trust-probe", "TrustProbe"]
+    result = _run_in_rootfs(out, config, [])
+    assert result.returncode == 0, result.stdout
+    # the trust managers hold a set: a certificate in two CA files counts once
+    assert "trusted issuers: %d" % len(set(_ca_certificates(out))) in result.stdout, result.stdout
 
 
 @pytest.mark.skipif(not shutil.which("skopeo"), reason="skopeo not installed (Debian package skopeo)")

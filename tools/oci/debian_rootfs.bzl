@@ -54,6 +54,7 @@ debian_rootfs = repository_rule(
         "python": attr.string(mandatory = True, doc = "Interpreter running rootfs.py (PYTHON from @local_python)."),
         "timeout": attr.int(default = 1200),
         "_script": attr.label(default = "//tools/oci:rootfs.py"),
+        "_jks": attr.label(default = "//tools/oci:jks.py"),
         "_tarball": attr.label(default = "//tools/oci:tarball.py"),
     },
     environ = ["DP_ROOTFS_CACHE", "XDG_CACHE_HOME"],

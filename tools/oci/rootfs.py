@@ -11,7 +11,9 @@ Run by the repository rule in debian_rootfs.bzl (fetch time, not build time):
    documentation, manual pages and translations are dropped, and the image user is added:
    /etc/passwd and /etc/group with `nonroot` (uid/gid 65532), /home/nonroot owned by it,
    /tmp world-writable with the sticky bit, and the CA bundle that ca-certificates' maintainer
-   script would have generated.
+   script would have generated; when the packages hold a JVM (a link to the Java trust store
+   /etc/ssl/certs/java/cacerts, as openjdk's lib/security/cacerts is), also that trust store,
+   which ca-certificates-java's maintainer script would have made by running Java (jks.py).
 3. Links that maintainer scripts would have made (`update-alternatives`: /usr/bin/java, a
    `python3`) are added from `--symlink PATH=TARGET`.
 4. The result is written as one deterministic tar (tarball.py) plus `packages.txt`
@@ -35,10 +37,11 @@ import tarfile
 import tempfile
 from typing import Dict, List, Optional
 
+import jks
 import tarball
 
 # Bump when the post-processing below changes: a new key, a new cached root file system.
-FORMAT = "1"
+FORMAT = "2"  # 2: the Java trust store
 USER, UID = "nonroot", 65532
 
 # Paths not worth shipping in a container: documentation, manual pages, translations, lintian.
@@ -54,6 +57,8 @@ DROP_PREFIXES = (
 PASSWD = "root:x:0:0:root:/root:/usr/sbin/nologin\n%s:x:%d:%d:%s:/home/%s:/usr/sbin/nologin\n" % (
     USER, UID, UID, USER, USER)
 GROUP = "root:x:0:\n%s:x:%d:\n" % (USER, UID)
+CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
+JAVA_TRUST_STORE = "etc/ssl/certs/java/cacerts"
 
 
 def cache_key(packages: List[str], symlinks: Optional[Dict[str, str]] = None) -> str:
@@ -78,11 +83,10 @@ def parse_symlinks(pairs: List[str]) -> Dict[str, str]:
 def add_symlinks(entries: Dict[str, tarball.Entry], links: Dict[str, str]) -> None:
     """Adds the links; each must point at something the packages installed (checked in the image)."""
     for path, target in sorted(links.items()):
-        resolved = os.path.normpath(target.lstrip("/") if target.startswith("/")
-                                    else os.path.join(os.path.dirname(path), target))
-        if resolved not in entries:
-            raise SystemExit("--symlink %s=%s: %s is not in the unpacked packages" % (path, target, resolved))
-        entries[path] = tarball.Entry(path, kind="symlink", mode=0o777, target=target)
+        link = tarball.Entry(path, kind="symlink", mode=0o777, target=target)
+        if link_target(link) not in entries:
+            raise SystemExit("--symlink %s=%s: %s is not in the unpacked packages" % (path, target, link_target(link)))
+        entries[path] = link
 
 
 def download(packages: List[str], dest: str) -> List[str]:
@@ -147,8 +151,17 @@ def unpack(debs: List[str]) -> Dict[str, tarball.Entry]:
     return entries
 
 
+def link_target(entry: tarball.Entry) -> str:
+    """The path inside the image a symbolic link points at (normalised, no leading slash)."""
+    target = entry.target
+    if target.startswith("/"):
+        return os.path.normpath(target.lstrip("/"))
+    return os.path.normpath(os.path.join(os.path.dirname(entry.path), target))
+
+
 def finish(entries: Dict[str, tarball.Entry]) -> None:
-    """Adds what maintainer scripts and an init system would have: users, writable dirs, CA bundle."""
+    """Adds what maintainer scripts and an init system would have: users, writable dirs, CA
+    bundle, and the Java trust store when a JVM links to it."""
     entries["etc/passwd"] = tarball.Entry("etc/passwd", data=PASSWD.encode())
     entries["etc/group"] = tarball.Entry("etc/group", data=GROUP.encode())
     entries["home/" + USER] = tarball.Entry("home/" + USER, kind="dir", mode=0o755, uid=UID, gid=UID)
@@ -157,7 +170,14 @@ def finish(entries: Dict[str, tarball.Entry]) -> None:
     certs = sorted(p for p in entries if p.startswith("usr/share/ca-certificates/") and p.endswith(".crt"))
     if certs:
         bundle = b"".join(entries[p].data.rstrip(b"\n") + b"\n" for p in certs)
-        entries["etc/ssl/certs/ca-certificates.crt"] = tarball.Entry("etc/ssl/certs/ca-certificates.crt", data=bundle)
+        entries[CA_BUNDLE] = tarball.Entry(CA_BUNDLE, data=bundle)
+    wants_java_store = any(e.kind == "symlink" and link_target(e) == JAVA_TRUST_STORE for e in entries.values())
+    if certs and wants_java_store:
+        try:
+            store = jks.ca_trust_store((p, entries[p].data) for p in certs)
+        except ValueError as err:
+            raise SystemExit("cannot make the Java trust store %s: %s" % (JAVA_TRUST_STORE, err)) from None
+        entries[JAVA_TRUST_STORE] = tarball.Entry(JAVA_TRUST_STORE, data=store)
 
 
 def build(packages: List[str], cache: str, symlinks: Optional[Dict[str, str]] = None) -> str:

@@ -1,4 +1,4 @@
-"""Determinism of the tar/gzip writers, the image assembler's stamping, and the base's users."""
+"""Determinism of the tar/gzip writers, the image assembler's stamping, and the base's users and trust stores."""
 
 import gzip
 import hashlib
@@ -127,6 +127,25 @@ def test_base_users_and_cache_key():
     assert entries["home/nonroot"].uid == 65532 and entries["tmp"].mode == 0o1777
     assert entries["etc/ssl/certs/ca-certificates.crt"].data == b"A\nB\n"
     assert rootfs.cache_key(["b", "a"]) == rootfs.cache_key(["a", "b", "a"]) != rootfs.cache_key(["a"])
+
+
+def test_java_trust_store_only_when_a_jvm_links_to_it():
+    pem = b"-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n"  # DER 30 03 02 01 01
+    cert = "usr/share/ca-certificates/mozilla/Some_Root.crt"
+    plain = {cert: tarball.Entry(cert, data=pem)}
+    rootfs.finish(plain)
+    assert "etc/ssl/certs/java/cacerts" not in plain
+    link = "usr/lib/jvm/j/lib/security/cacerts"
+    for target in ("/etc/ssl/certs/java/cacerts", "../../../../../../etc/ssl/certs/java/cacerts"):
+        jvm = {cert: tarball.Entry(cert, data=pem), link: tarball.Entry(link, kind="symlink", target=target)}
+        rootfs.finish(jvm)
+        store = jvm["etc/ssl/certs/java/cacerts"].data
+        assert store[:4] == b"\xfe\xed\xfe\xed" and b"debian:some_root.pem" in store
+        assert store.count(b"X.509") == 1
+    bad = {cert: tarball.Entry(cert, data=b"garbage\n"), link: tarball.Entry(link, kind="symlink",
+                                                                             target="/etc/ssl/certs/java/cacerts")}
+    with pytest.raises(SystemExit, match="Java trust store.*Some_Root.crt"):
+        rootfs.finish(bad)
 
 
 def test_symlinks_of_the_base_point_at_installed_files_and_change_the_key():
