@@ -55,6 +55,21 @@ def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
 
 
+def stop_child(child: Optional[subprocess.Popen], timeout: float) -> Optional[int]:
+    """SIGTERM to a child process, SIGKILL if it has not exited after `timeout` seconds; its exit
+    code (None when there is no child)."""
+    if child is None:
+        return None
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return child.returncode
+
+
 def tail(path: pathlib.Path, lines: int = 25, missing: str = "") -> str:
     """The last `lines` lines of a text file, or `missing` when it cannot be read."""
     try:

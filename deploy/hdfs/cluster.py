@@ -475,6 +475,25 @@ class HdfsCluster:
                 return name, jvm.returncode
         return None
 
+    def restart_datanode(self, index: int) -> subprocess.Popen:
+        """Starts DataNode `index` (1-based) again on its data directory after it died; does not
+        wait: it registers with the NameNode by itself and reports the blocks it kept."""
+        daemon = "datanode-%d" % index
+        old = self.datanodes[index - 1]
+        if old.poll() is None:
+            raise HdfsError("%s is still running (pid %d)" % (daemon, old.pid))
+        self.returncodes[daemon] = old.returncode
+        jvm = self._spawn(daemon, self._jvm(daemon, DATANODE_MAIN, [], self.config.datanode_heap))
+        self.datanodes[index - 1] = jvm
+        LOG.warning("event=jvm_restarted daemon=%s pid=%d previous_exit=%s", daemon, jvm.pid, old.returncode)
+        return jvm
+
+    def daemon_pids(self) -> Dict[str, int]:
+        """{"namenode": pid, "datanode-1": pid, ...} of the JVMs started last."""
+        pids = {"namenode": self.namenode.pid} if self.namenode else {}
+        pids.update(("datanode-%d" % index, jvm.pid) for index, jvm in enumerate(self.datanodes, start=1))
+        return pids
+
     def health(self) -> Dict[str, object]:
         """The NameNode's view (see `namenode_health`) plus `ready`: all DataNodes live, no safe mode."""
         health = namenode_health(self.namenode_http_url)

@@ -16,11 +16,17 @@ Components:
 
 Point the pipelines at them with their usual flags, e.g.
   bazel run //jobs/behaviour/metrics -- --bootstrap 127.0.0.1:29092 --jobmanager 127.0.0.1:18081
-State lives in <state-dir>/{kafka-cluster,flink-cluster,spark-standalone,hdfs}. SIGTERM or Ctrl-C
-stops everything in reverse start order; if a component dies, the rest is stopped (exit 1).
+State lives in <state-dir>/{kafka-cluster,flink-cluster,spark-standalone,hdfs}. A Kafka node or a
+DataNode that dies is started again on its storage (as the Flink and Spark launchers restart their
+TaskManagers and workers), at most --max-restarts times within 10 minutes; the PIDs of the Kafka
+and HDFS JVMs are kept in <state-dir>/local-cluster/processes.json. SIGTERM or Ctrl-C stops
+everything in reverse start order; if the NameNode or the Flink/Spark launcher dies, or a node
+keeps dying, the rest is stopped (exit 1).
 """
 
 import argparse
+import collections
+import json
 import logging
 import os
 import pathlib
@@ -29,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import List, Optional, Sequence
+from typing import Callable, Deque, Dict, List, Optional, Sequence
 
 from deploy.common import process
 from deploy.common.service import runfile
@@ -40,6 +46,7 @@ from deploy.kafka.broker import BrokerError
 LOG = logging.getLogger("local_cluster")
 
 COMPONENTS = ("kafka", "flink", "spark", "hdfs")
+RESTART_WINDOW_S = 600.0
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -75,6 +82,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--hdfs-http-port", type=int, default=19870, help="NameNode HTTP/WebHDFS port [19870]")
     parser.add_argument("--hdfs-datanode-base-port", type=int, default=19866,
                         help="first DataNode port; DataNode K uses base+10(K-1) .. +2 [19866]")
+    parser.add_argument("--max-restarts", type=int, default=process.env_int("DP_CLUSTER_MAX_RESTARTS", 5),
+                        help="restarts of one Kafka node or DataNode within 10 minutes before the profile "
+                             "gives up and stops [env DP_CLUSTER_MAX_RESTARTS, default 5; 0 = never restart]")
     args = parser.parse_args(argv)
     wanted = [c.strip() for c in args.only.split(",") if c.strip()]
     unknown = sorted(set(wanted) - set(COMPONENTS))
@@ -121,16 +131,94 @@ class ChildLauncher:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 120.0) -> Optional[int]:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return process.stop_child(self.process, timeout)
+
+
+class RestartBudget:
+    """At most `limit` restarts of one node within `window` seconds: a node that keeps dying is a
+    fault to report, not one to hide behind restarts."""
+
+    def __init__(self, limit: int, window: float = RESTART_WINDOW_S, clock: Callable[[], float] = time.monotonic):
+        self.limit, self.window, self.clock = limit, window, clock
+        self.restarts: Dict[str, Deque[float]] = collections.defaultdict(collections.deque)
+
+    def allow(self, name: str) -> bool:
+        """Whether `name` may restart now; counts the restart when it may."""
+        now = self.clock()
+        recent = self.restarts[name]
+        while recent and now - recent[0] > self.window:
+            recent.popleft()
+        if len(recent) >= self.limit:
+            return False
+        recent.append(now)
+        return True
+
+
+class Supervisor:
+    """Watches the profile: restarts dead Kafka nodes and DataNodes, records the JVMs' PIDs, and
+    names the failure that must stop everything (the NameNode, a launcher, a node that keeps dying)."""
+
+    def __init__(self, state_dir: pathlib.Path, budget: RestartBudget,
+                 kafka: Optional["kafka_cluster.KafkaCluster"] = None, hdfs: Optional["hdfs_cluster.HdfsCluster"] = None,
+                 children: Sequence[ChildLauncher] = ()):
+        self.pids_path = state_dir / "local-cluster" / "processes.json"
+        self.budget, self.kafka, self.hdfs, self.children = budget, kafka, hdfs, list(children)
+
+    def pids(self) -> Dict[str, int]:
+        pids: Dict[str, int] = {}
+        if self.kafka is not None:
+            pids.update(("kafka-%d" % node_id, node.pid) for node_id, node in self.kafka.nodes.items() if node.pid)
+        if self.hdfs is not None:
+            pids.update(self.hdfs.daemon_pids())
+        pids.update(("%s-launcher" % c.name, c.process.pid) for c in self.children if c.process is not None)
+        return pids
+
+    def record(self) -> None:
+        self.pids_path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = self.pids_path.with_suffix(".tmp")
+        scratch.write_text(json.dumps(self.pids(), sort_keys=True) + "\n", encoding="utf-8")
+        scratch.replace(self.pids_path)  # readers never see half a file
+
+    def _may_restart(self, name: str, code: Optional[int]) -> Optional[str]:
+        if not self.budget.allow(name):
+            return "%s exited (%s) after %d restarts within %.0f s" % (
+                name, code, self.budget.limit, self.budget.window)
+        print("%s exited with %s; starting it again on its storage" % (name, code), file=sys.stderr, flush=True)
+        return None
+
+    def check(self) -> Optional[str]:
+        """One round: restarts what may restart; returns the problem that stops the profile, if any."""
+        restarted = False
+        if self.kafka is not None:
+            for node_id, node in sorted(self.kafka.nodes.items()):
+                if node.process is not None and node.process.poll() is None:
+                    continue
+                code = node.stop()  # collects the exit code of the dead JVM
+                problem = self._may_restart("kafka-%d" % node_id, code)
+                if problem:
+                    return problem
+                try:
+                    node.launch()  # no wait: it catches up with its peers and rejoins the ISRs by itself
+                except BrokerError as err:
+                    return "kafka-%d could not start again: %s" % (node_id, err)
+                restarted = True
+        if self.hdfs is not None:
+            if self.hdfs.namenode is None or self.hdfs.namenode.poll() is not None:
+                return "the HDFS NameNode exited by itself (see %s)" % self.hdfs.log_file("namenode")
+            for index, jvm in enumerate(self.hdfs.datanodes, start=1):
+                if jvm.poll() is None:
+                    continue
+                problem = self._may_restart("datanode-%d" % index, jvm.returncode)
+                if problem:
+                    return problem
+                self.hdfs.restart_datanode(index)
+                restarted = True
+        if restarted:
+            self.record()
+        dead = [c for c in self.children if not c.alive()]
+        if dead:
+            return "the %s cluster exited by itself (see %s)" % (dead[0].name, dead[0].log_path)
+        return None
 
 
 def flink_launcher(args: argparse.Namespace) -> ChildLauncher:
@@ -191,18 +279,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "spark" in args.components:
             lines.append("spark  master=spark://127.0.0.1:%d status=http://127.0.0.1:%d/json/ (state %s)" % (
                 args.spark_port, args.spark_ui_port, args.state_dir / "spark-standalone"))
+        supervisor = Supervisor(args.state_dir, RestartBudget(args.max_restarts), kafka, hdfs, children)
+        supervisor.record()
         if not stop_requested.is_set():
-            print("local cluster up:\n  " + "\n  ".join(lines), flush=True)
+            print("local cluster up:\n  " + "\n  ".join(lines) + "\n  pids   %s" % supervisor.pids_path, flush=True)
         while not stop_requested.wait(1.0):
-            problem = None
-            if kafka is not None and len(kafka.running()) < len(kafka.nodes):
-                problem = "a kafka node exited by itself"
-            elif hdfs is not None and hdfs.exited():
-                problem = "hdfs %s exited by itself" % (hdfs.exited(),)
-            else:
-                dead = [c for c in children if not c.alive()]
-                if dead:
-                    problem = "the %s cluster exited by itself (see %s)" % (dead[0].name, dead[0].log_path)
+            problem = supervisor.check()
             if problem:
                 print(problem + "; stopping everything", file=sys.stderr)
                 code = 1
