@@ -34,6 +34,8 @@ class IotPipelineConfig:
     aggregator_commit_interval_seconds: float = 0.5
     analytics_batch_max_ms: int = 300
     exactly_once_source: bool = True
+    # An existing Kafka to run on (e.g. the multi-node profile's cluster); None starts one broker.
+    bootstrap: Optional[str] = None
 
 
 class IotPipeline(StreamingPipeline):
@@ -54,7 +56,7 @@ class IotPipeline(StreamingPipeline):
 
     @property
     def bootstrap(self) -> str:
-        return self.broker.bootstrap
+        return self.config.bootstrap or self.broker.bootstrap
 
     @property
     def app_dsn(self) -> str:
@@ -65,10 +67,13 @@ class IotPipeline(StreamingPipeline):
     def start(self) -> "IotPipeline":
         state = self.config.state_dir
         try:
-            port, controller_port = free_ports(2)
-            self.broker = self._timed("kafka", lambda: _started(KafkaBroker(
-                BrokerConfig(state_dir=state, port=port, controller_port=controller_port))))
-            self.say(f"kafka {self.broker.version} on {self.bootstrap}")
+            if self.config.bootstrap:
+                self.say(f"kafka: the cluster on {self.bootstrap}")
+            else:
+                port, controller_port = free_ports(2)
+                self.broker = self._timed("kafka", lambda: _started(KafkaBroker(
+                    BrokerConfig(state_dir=state, port=port, controller_port=controller_port))))
+                self.say(f"kafka {self.broker.version} on {self.bootstrap}")
             self.postgres = self._timed("postgres", lambda: _started(PostgresServer(
                 PostgresConfig(state_dir=state, port=0))))
             self.say(f"postgresql {self.postgres.version} on 127.0.0.1:{self.postgres.port}")

@@ -1,175 +1,21 @@
-"""The behaviour job on a Flink standalone cluster loses a TaskManager, then a Kafka broker
-(SIGKILL each) mid-stream.
-
-The cluster (JobManager + 2 TaskManagers x 2 slots, deploy/flink) reads from and writes to a
-3-node Kafka cluster (deploy/kafka, replication factor 3). The job is the real one
-(//jobs/behaviour/metrics, submitted with --jobmanager), checkpointing every second with
-transactional (exactly-once) Kafka sinks. Once it has published its first windows, one
-TaskManager is SIGKILLed; the job restarts from its last checkpoint on the remaining slots (the
-launcher also brings the TaskManager back). Once it runs again, the broker leading the partition
-its metrics sink writes first is SIGKILLed, and the rest of the events are produced to the two
-brokers left (min ISR 2). Then every window and session must be published exactly once and equal
-the independent recomputation that the job's own integration test uses (the events and the
-comparison helpers are that test's, not copies).
-
-Phase B of the integration test (events behind the watermark) is left out on purpose: Flink does
-not checkpoint watermarks, so right after a restore events that were late before the failure
-are on time again; what is late then depends on timing, which a test must not assert.
+"""The behaviour job on a Flink standalone cluster of the test fixtures loses a TaskManager, then a
+Kafka broker (SIGKILL each) mid-stream; the scenario and what must hold are in behaviour_faults.py.
+Here the clusters are the fixtures' own: JobManager + 2 TaskManagers x 2 slots (deploy/flink) and a
+3-node Kafka cluster (deploy/kafka); the killed broker stays down.
 """
 
-from __future__ import annotations
-
-import collections
-import os
-import subprocess
-import time
-import uuid
-
-import pytest
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
-
-from datapipelines import kafka, topics
-from datapipelines.common.v1 import funnel_pb2
-from deploy.common import process
-from jobs.behaviour.metrics import reference
-from jobs.behaviour.metrics.kafka_integration_test import (
-    IDLE_TIMEOUT_S, JOB, LATE_TOPIC, LATENESS_S, Outputs, _message, _metric_key, _phases)
+from tests.cluster import behaviour_faults
 from tests.fixtures.flink_cluster import flink_cluster_factory  # noqa: F401 (a fixture)
 from tests.fixtures.kafka_cluster import kafka_cluster_factory  # noqa: F401 (a fixture)
-
-
-def _declare_topics(bootstrap: str) -> None:
-    """The registry's topics with the cluster's default replication (3) instead of 1."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    wanted = [NewTopic(t.name, t.partitions, -1, config=t.config())
-              for t in (topics.BEHAVIOUR_EVENTS, topics.BEHAVIOUR_METRICS, topics.BEHAVIOUR_SESSIONS)]
-    wanted.append(NewTopic(LATE_TOPIC, 1, -1))
-    for future in admin.create_topics(wanted, operation_timeout=60).values():
-        future.result(timeout=90)
-
-
-def _submit(flink, bootstrap: str, tmp_path) -> str:
-    """Submits the job (detached) and returns its id from the cluster's REST API."""
-    suffix = uuid.uuid4().hex[:8]
-    log = tmp_path / "submit.log"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the job's own set only
-    command = [
-        str(JOB), "--jobmanager", flink.jobmanager, "--bootstrap", bootstrap, "--startup-mode", "earliest-offset",
-        "--state-dir", str(tmp_path / "job-state"), "--checkpoint-interval-seconds", "1",
-        "--allowed-lateness-seconds", str(LATENESS_S), "--idle-timeout-seconds", str(IDLE_TIMEOUT_S),
-        "--parallelism", "2", "--group-id", "cluster-" + suffix, "--transactional-id-prefix", "cluster-" + suffix,
-    ]
-    with open(log, "wb") as handle:
-        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, timeout=600,
-                              preexec_fn=process.die_with_parent()).returncode
-    assert code == 0, "submission failed (exit %s):\n%s" % (code, process.tail(log, 40))
-    jobs = flink.rest("/jobs/overview")["jobs"]
-    assert len(jobs) == 1, jobs
-    return jobs[0]["jid"]
-
-
-def _busy_taskmanager(flink) -> str:
-    """A TaskManager that runs tasks of the job (the scheduler may put every task on one of the
-    two: killing the idle one would test nothing). Its resource id is the launcher's name for it."""
-    busy = sorted(tm["id"] for tm in flink.rest("/taskmanagers")["taskmanagers"] if tm["freeSlots"] < tm["slotsNumber"])
-    assert busy, flink.rest("/taskmanagers")
-    return busy[0]
-
-
-def _leader(bootstrap: str, topic: str, partition: int) -> int:
-    """The node id leading `partition` of `topic` now."""
-    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=30)
-    return metadata.topics[topic].partitions[partition].leader
-
-
-def _job(flink, job_id: str) -> dict:
-    return flink.rest("/jobs/%s" % job_id)
-
-
-def _restarts(flink, job_id: str) -> int:
-    values = flink.rest("/jobs/%s/metrics?get=numRestarts" % job_id)
-    return int(float(values[0]["value"])) if values else 0
-
-
-def _wait_outputs(outputs: Outputs, done, timeout: float, flink, job_id: str, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        outputs.poll(1.0)
-        if done():
-            return
-        state = _job(flink, job_id)["state"]
-        if state in ("FAILED", "CANCELED", "FINISHED"):
-            pytest.fail("the job is %s while waiting for %s:\n%s" % (state, what, flink.logs_tail()))
-    pytest.fail("timed out after %.0f s waiting for %s (%d metric rows, %d sessions):\n%s" % (
-        timeout, what, len(outputs.metrics()), len(outputs.sessions()), flink.logs_tail()))
 
 
 def test_behaviour_job_survives_a_taskmanager_and_a_broker_sigkill(kafka_cluster_factory, flink_cluster_factory,  # noqa: F811
                                                                    tmp_path):
     kafka_cluster = kafka_cluster_factory(nodes=3)
-    bootstrap = kafka_cluster.bootstrap
-    _declare_topics(bootstrap)
-    a, _late_phase, c = _phases()
-    producer = Producer(kafka.producer_config(bootstrap))
 
-    def produce(events):
-        for event in events:
-            kafka.produce(producer, topics.BEHAVIOUR_EVENTS, _message(event))
-        assert producer.flush(60) == 0
+    def kill_broker(node_id: int) -> None:
+        assert kafka_cluster.kill(node_id) == -9
 
-    produce(a)
-    flink = flink_cluster_factory(taskmanagers=2, slots=2)
-    outputs = Outputs(bootstrap)
-    job_id = _submit(flink, bootstrap, tmp_path)
-
-    # Mid-stream: the job has committed its first windows, more are to come.
-    _wait_outputs(outputs, lambda: len(outputs.metrics()) > 0, 300, flink, job_id, "the first windows")
-    published_before_kill = len(outputs.metrics())
-    victim_tm = _busy_taskmanager(flink)
-    killed_pid = flink.kill_taskmanager(victim_tm)
-
-    # The job fails over and runs again (on the other TaskManager's free slots or the new one).
-    deadline = time.monotonic() + 240
-    while not (_restarts(flink, job_id) >= 1 and _job(flink, job_id)["state"] == "RUNNING"
-               and all(v["status"] == "RUNNING" for v in _job(flink, job_id)["vertices"])):
-        assert time.monotonic() < deadline, "the job did not recover within 240 s:\n%s" % flink.logs_tail()
-        outputs.poll(1.0)
-    assert flink.pids()[victim_tm] != killed_pid  # the launcher restarted it
-
-    # A broker dies as well: the leader of the metrics topic's partition 0, where the job's
-    # transactional sink writes; its partitions and the transaction coordinators move to the others.
-    victim = _leader(bootstrap, topics.BEHAVIOUR_METRICS.name, 0)
-    assert kafka_cluster.kill(victim) == -9
-    deadline = time.monotonic() + 120
-    while _leader(bootstrap, topics.BEHAVIOUR_METRICS.name, 0) in (victim, -1):
-        assert time.monotonic() < deadline, "no new leader for the metrics partition within 120 s"
-        outputs.poll(1.0)
-
-    produce(c)  # moves the watermark past every window and session of A
-    expected_metrics = reference.metrics(a)
-    expected_sessions = {s.session_id: s for s in reference.sessions(a)}
-    _wait_outputs(outputs, lambda: len(outputs.sessions()) >= len(expected_sessions)
-                  and len(outputs.metrics()) >= len(expected_metrics), 300, flink, job_id,
-                  "every window and session of phase A")
-    outputs.poll(3.0)  # duplicates would arrive now
-    print("published %d metric rows before the TaskManager kill, %d in all; %d sessions; restarts=%d; "
-          "broker %d killed" % (published_before_kill, len(outputs.metrics()), len(outputs.sessions()),
-                                _restarts(flink, job_id), victim))
-
-    observed = collections.Counter(_metric_key(m) for _, _, m in outputs.metrics())
-    assert [k for k, n in observed.items() if n > 1] == []
-    got = {_metric_key(m): (m.event_count, m.unique_user_count, m.unique_session_count) for _, _, m in outputs.metrics()}
-    assert got == expected_metrics
-
-    sessions = collections.Counter(m.session_id for _, _, m in outputs.sessions())
-    assert [k for k, n in sessions.items() if n > 1] == []
-    got_sessions = {
-        m.session_id: reference.RefSession(
-            m.session_id, m.user_id, m.anonymous_id, m.session_start_time.ToMilliseconds(),
-            m.session_end_time.ToMilliseconds(), m.event_count, m.page_view_count, m.unique_page_count,
-            m.landing_page_path, m.exit_page_path, funnel_pb2.FunnelStage.Name(m.funnel_stage), m.converted,
-        )
-        for _, _, m in outputs.sessions()
-    }
-    assert got_sessions == expected_sessions
+    # The Flink cluster starts once the job's first input is in Kafka.
+    behaviour_faults.run(kafka_cluster.bootstrap, kill_broker,
+                         lambda: flink_cluster_factory(taskmanagers=2, slots=2), tmp_path)

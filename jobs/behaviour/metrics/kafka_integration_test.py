@@ -132,6 +132,18 @@ def _metric_key(message):
     )
 
 
+def _received_sessions(outputs) -> dict:
+    """{session id: reference.RefSession} of the published session summaries."""
+    return {
+        m.session_id: reference.RefSession(
+            m.session_id, m.user_id, m.anonymous_id, m.session_start_time.ToMilliseconds(),
+            m.session_end_time.ToMilliseconds(), m.event_count, m.page_view_count, m.unique_page_count,
+            m.landing_page_path, m.exit_page_path, funnel_pb2.FunnelStage.Name(m.funnel_stage), m.converted,
+        )
+        for _, _, m in outputs.sessions()
+    }
+
+
 def _diagnosis(outputs: Outputs, log: pathlib.Path) -> str:
     flink_logs = sorted((log.parent / "state" / "log").glob("*.log"))
     problems = []
@@ -263,14 +275,7 @@ def test_kafka_to_flink_to_kafka_exactly_once_with_contract_headers(kafka_broker
     # Sessions: every session of A exactly once, equal to the reference.
     sessions = collections.Counter(m.session_id for _, _, m in outputs.sessions())
     assert [k for k, n in sessions.items() if n > 1] == []
-    got_sessions = {
-        m.session_id: reference.RefSession(
-            m.session_id, m.user_id, m.anonymous_id, m.session_start_time.ToMilliseconds(),
-            m.session_end_time.ToMilliseconds(), m.event_count, m.page_view_count, m.unique_page_count,
-            m.landing_page_path, m.exit_page_path, funnel_pb2.FunnelStage.Name(m.funnel_stage), m.converted,
-        )
-        for _, _, m in outputs.sessions()
-    }
+    got_sessions = _received_sessions(outputs)
     assert got_sessions == expected_sessions
     assert any(s.converted for s in expected_sessions.values()), "the data should contain a conversion"
 
