@@ -105,6 +105,9 @@ BAD_PART = [
     _event("extra-refund-1", _at("11:00:00"), {"refund": {
         "refundId": "extra-refund-1", "orderId": "extra-order-1", "amount": EUR,
         "lines": [{"product": PRODUCT, "quantity": "1", "lineTotal": EUR}]}}, user="extra-user"),
+    _event("extra-bad-4b", _at("08:04:00"), PAGE) + b" trailing",  # text after a complete object
+    _event("extra-bad-4c", _at("08:04:00"), PAGE) + b"] x",
+    _event("extra-bad-4d", _at("08:04:00"), PAGE) + b", " + _event("extra-bad-4e", _at("08:04:00"), PAGE),
 ]
 
 
@@ -197,6 +200,8 @@ def test_hand_made_lines_end_with_their_reasons(runs, partitions):
     assert len(by_line[37][2]) == duck.RAW_LINE_LIMIT and by_line[37][3] is True
     assert by_line[39][:2] == ("duplicate_event_id", "eventId=extra-page-1")
     assert not {38, 40, 41, 42, 43} & set(by_line)
+    # Text after a complete object (the last three lines).
+    assert [by_line[n][0] for n in (44, 45, 46)] == ["truncated_json", "truncated_json", "malformed_json"]
 
 
 def test_bad_arguments_fail_clearly(tmp_path):

@@ -67,6 +67,9 @@ BAD_PART = [
     (_event("extra-bad-2", "08:02:00", _PAGE).replace(b'"eventId":', b"eventId:"), "malformed_json"),
     (_event("extra-bad-3", "08:03:00", _PAGE).replace(b'"', b"'"), "malformed_json"),  # single quotes
     (_event("extra-bad-4", "08:04:00", _PAGE)[:70], "truncated_json"),
+    # Text after a complete object: Spark's JSON parsers alone stop at the end of the object.
+    (_event("extra-bad-4b", "08:04:00", _PAGE) + b" trailing", "truncated_json"),
+    (_event("extra-bad-4c", "08:04:00", _PAGE) + _event("extra-bad-4d", "08:04:00", _PAGE), "malformed_json"),
     (_event("extra-bad-5", "08:05:00", {"search": {"query": "caf\u00e9"}}).decode().encode("latin-1"), "not_utf8"),
     (_event("extra-bad-6", "08:06:00", {"search": {"query": "lamp"}}).replace(b"lamp", b"la\xffmp"), "not_utf8"),
     (_event("extra-bad-7", "08:07:00", {"wishlistAdd": {"productId": "SKU-EXTRA"}}), "unknown_event_type"),

@@ -249,8 +249,13 @@ def validate_lines(lines: DataFrame, day: datetime.date) -> DataFrame:
     value = F.col("value")
     # Strict JSON (RFC 8259: double quotes only, no NaN, no repeated key, as the contract's JSON
     # mapping requires); from_json alone is lenient (single quotes, NaN, the last of repeated
-    # keys), so a line must pass both. Text after a complete object passes both (README, Limits).
-    valid_json = F.try_parse_json(value).isNotNull()
+    # keys), so a line must pass both. Both stop at the end of the first value and ignore what
+    # follows it, so the line must also be one whole value: inside "[...]" it is an array of one
+    # element, and inside {"_": ...} an object with one key. Text after the value breaks one of
+    # the two (to pass the array it must begin with "]", to pass the object with "}" or ",").
+    whole_value = ((F.json_array_length(F.concat(F.lit("["), value, F.lit("]"))) == 1)
+                   & (F.size(F.json_object_keys(F.concat(F.lit('{"_":'), value, F.lit("}")))) == 1))
+    valid_json = F.try_parse_json(value).isNotNull() & F.coalesce(whole_value, F.lit(False))
     keys = F.json_object_keys(value)
     payload_count = reduce(lambda a, b: a + b, [e[name].isNotNull().cast("int") for name in payload_names])
     # RFC 3339 only (what the JSON mapping of google.protobuf.Timestamp writes): a cast alone

@@ -159,6 +159,14 @@ def test_parse_events_wants_strict_json_and_rfc3339_times(spark):
         line_json(page, "s6", " 2026-11-18T10:00:00Z"),
         line_json(page, "s7", "2026-11-18T11:00:00+01:00"),
         line_json(page, "s8", "2026-11-18T10:00:00.123456789Z"),
+        # Text after a complete object (Spark's JSON parsers alone stop at the end of the object).
+        line_json(page, "t1") + " trailing",
+        line_json(page, "t2") + line_json(page, "t2b"),
+        line_json(page, "t3") + "]",
+        line_json(page, "t4") + "] x",
+        line_json(page, "t5") + ", " + line_json(page, "t5b"),
+        line_json(page, "t6") + '} {"x": 1}',
+        " " + line_json(page, "t7") + " \r",  # blanks around one object are fine
     ]
     lines = spark.createDataFrame([("f", i + 1, t) for i, t in enumerate(texts)],
                                   "source_file string, line_number long, value string")
@@ -170,10 +178,17 @@ def test_parse_events_wants_strict_json_and_rfc3339_times(spark):
         (4, "invalid_timestamp", "eventTime=2026-11-18"),
         (5, "invalid_timestamp", "eventTime=2026-11-18 10:00:00"),
         (6, "invalid_timestamp", "eventTime= 2026-11-18T10:00:00Z"),
+        (9, "truncated_json", "not parseable as JSON"),
+        (10, "malformed_json", "not parseable as JSON"),
+        (11, "truncated_json", "not parseable as JSON"),
+        (12, "truncated_json", "not parseable as JSON"),
+        (13, "malformed_json", "not parseable as JSON"),
+        (14, "malformed_json", "not parseable as JSON"),
     ]
     assert rows(events, "line_number", "event_id", "event_time") == [
         (7, "s7", datetime.datetime(2026, 11, 18, 10, 0, 0)),
         (8, "s8", datetime.datetime(2026, 11, 18, 10, 0, 0, 123456)),
+        (15, "t7", datetime.datetime(2026, 11, 18, 10, 0, 0)),
     ]
 
 
