@@ -82,6 +82,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--hdfs-http-port", type=int, default=19870, help="NameNode HTTP/WebHDFS port [19870]")
     parser.add_argument("--hdfs-datanode-base-port", type=int, default=19866,
                         help="first DataNode port; DataNode K uses base+10(K-1) .. +2 [19866]")
+    parser.add_argument("--restart-delay-seconds", type=float,
+                        default=float(os.environ.get("DP_CLUSTER_RESTART_DELAY_SECONDS", "12")),
+                        help="how long a dead Kafka node or DataNode stays down before it is started again: "
+                             "longer than Kafka's broker session timeout (9 s), so its partitions move to "
+                             "the other nodes first, as after a real crash [env DP_CLUSTER_RESTART_DELAY_SECONDS, "
+                             "default 12]")
     parser.add_argument("--max-restarts", type=int, default=process.env_int("DP_CLUSTER_MAX_RESTARTS", 5),
                         help="restarts of one Kafka node or DataNode within 10 minutes before the profile "
                              "gives up and stops [env DP_CLUSTER_MAX_RESTARTS, default 5; 0 = never restart]")
@@ -160,9 +166,20 @@ class Supervisor:
 
     def __init__(self, state_dir: pathlib.Path, budget: RestartBudget,
                  kafka: Optional["kafka_cluster.KafkaCluster"] = None, hdfs: Optional["hdfs_cluster.HdfsCluster"] = None,
-                 children: Sequence[ChildLauncher] = ()):
+                 children: Sequence[ChildLauncher] = (), restart_delay: float = 0.0):
         self.pids_path = state_dir / "local-cluster" / "processes.json"
         self.budget, self.kafka, self.hdfs, self.children = budget, kafka, hdfs, list(children)
+        self.restart_delay = restart_delay
+        self.down_since: Dict[str, float] = {}
+
+    def _due(self, name: str) -> bool:
+        """Whether dead node `name` has stayed down for the restart delay (the first call starts it)."""
+        now = self.budget.clock()
+        since = self.down_since.setdefault(name, now)
+        if now - since < self.restart_delay:
+            return False
+        del self.down_since[name]
+        return True
 
     def pids(self) -> Dict[str, int]:
         pids: Dict[str, int] = {}
@@ -193,25 +210,30 @@ class Supervisor:
             for node_id, node in sorted(self.kafka.nodes.items()):
                 if node.process is not None and node.process.poll() is None:
                     continue
+                if not self._due("kafka-%d" % node_id):
+                    continue
                 code = node.stop()  # collects the exit code of the dead JVM
                 problem = self._may_restart("kafka-%d" % node_id, code)
                 if problem:
                     return problem
                 try:
                     node.launch()  # no wait: it catches up with its peers and rejoins the ISRs by itself
-                except BrokerError as err:
+                except (BrokerError, OSError) as err:
                     return "kafka-%d could not start again: %s" % (node_id, err)
                 restarted = True
         if self.hdfs is not None:
             if self.hdfs.namenode is None or self.hdfs.namenode.poll() is not None:
                 return "the HDFS NameNode exited by itself (see %s)" % self.hdfs.log_file("namenode")
             for index, jvm in enumerate(self.hdfs.datanodes, start=1):
-                if jvm.poll() is None:
+                if jvm.poll() is None or not self._due("datanode-%d" % index):
                     continue
                 problem = self._may_restart("datanode-%d" % index, jvm.returncode)
                 if problem:
                     return problem
-                self.hdfs.restart_datanode(index)
+                try:
+                    self.hdfs.restart_datanode(index)
+                except (hdfs_cluster.HdfsError, OSError) as err:
+                    return "datanode-%d could not start again: %s" % (index, err)
                 restarted = True
         if restarted:
             self.record()
@@ -279,7 +301,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "spark" in args.components:
             lines.append("spark  master=spark://127.0.0.1:%d status=http://127.0.0.1:%d/json/ (state %s)" % (
                 args.spark_port, args.spark_ui_port, args.state_dir / "spark-standalone"))
-        supervisor = Supervisor(args.state_dir, RestartBudget(args.max_restarts), kafka, hdfs, children)
+        supervisor = Supervisor(args.state_dir, RestartBudget(args.max_restarts), kafka, hdfs, children,
+                                args.restart_delay_seconds)
         supervisor.record()
         if not stop_requested.is_set():
             print("local cluster up:\n  " + "\n  ".join(lines) + "\n  pids   %s" % supervisor.pids_path, flush=True)

@@ -107,6 +107,28 @@ def test_supervisor_restarts_dead_nodes_and_records_their_pids(tmp_path, capsys)
     assert supervisor.check() == "kafka-2 exited (1) after 1 restarts within 600 s"
 
 
+def test_supervisor_waits_the_restart_delay_before_starting_a_dead_node(tmp_path):
+    now = [100.0]
+    kafka = _Kafka({1: _Node(11, code=-9)})
+    supervisor = cluster.Supervisor(tmp_path, cluster.RestartBudget(limit=5, clock=lambda: now[0]), kafka,
+                                    restart_delay=12.0)
+    assert supervisor.check() is None and kafka.nodes[1].launched == 0  # just seen dead: stays down
+    now[0] = 111.0
+    assert supervisor.check() is None and kafka.nodes[1].launched == 0
+    now[0] = 112.5
+    assert supervisor.check() is None and kafka.nodes[1].launched == 1
+
+
+def test_supervisor_names_a_node_that_cannot_start_again(tmp_path):
+    class _Unstartable(_Node):
+        def launch(self):
+            raise OSError("no space left on device")
+
+    kafka = _Kafka({1: _Unstartable(11, code=-9)})
+    supervisor = cluster.Supervisor(tmp_path, cluster.RestartBudget(limit=5), kafka)
+    assert supervisor.check() == "kafka-1 could not start again: no space left on device"
+
+
 def test_supervisor_stops_the_profile_when_the_namenode_dies(tmp_path):
     supervisor = cluster.Supervisor(tmp_path, cluster.RestartBudget(limit=5), hdfs=_Hdfs(namenode_code=1))
     assert supervisor.check().startswith("the HDFS NameNode exited by itself")
